@@ -1,0 +1,175 @@
+"""The adapter protocol: one small base class for every method, training-time or test-time.
+
+The runner calls these hooks, always in this order, and nothing else:
+
+Training (once per seed and training signature; skipped when the checkpoint is cached)::
+
+    model = adapter.prepare(suite.build_model())   # model surgery (IBN, DSBN, ...), or no-op
+    loss  = task loss + adapter.extra_loss(model)   # each training step; None adds nothing
+
+Test time (once per cell, on a fresh copy of the trained model)::
+
+    adapter.attach(model)     # remember the model and its state; calls setup(model)
+    adapter.adapt(stream)     # optional pass over the *unlabeled* target images (AdaBN)
+    for x in stream:
+        logits = adapter.predict(x)   # online methods (Tent) update inside predict
+    adapter.reset()           # back to the state right after attach (protocols use it)
+
+A subclass overrides only the hooks it needs. Target data reaches an adapter only
+through a :class:`TargetStream`, which carries images and never labels; the runner
+alone holds the labels and computes every score.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from torch import nn
+
+Setting = Literal["tta", "dg", "da"]
+"""tta: source model adapted at test time; dg: trained on labelled source only;
+da: unlabeled target data also seen during training."""
+
+
+class Indexable(Protocol):
+    """Anything that returns a batch of images for a 1-D index tensor (a Tensor does)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor: ...
+
+
+class TargetStream:
+    """Unlabeled target images, in a fixed order, in batches of a fixed size.
+
+    Iterating yields image tensors only, on the run's device. The stream can be iterated
+    any number of times (AdaBN reads it once in ``adapt`` before the runner predicts);
+    every pass yields the same batches in the same order.
+    """
+
+    def __init__(
+        self,
+        images: Indexable,
+        batch_size: int,
+        order: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._images = images
+        self._order = torch.arange(len(images)) if order is None else order.clone()
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self._order)
+
+    def __len__(self) -> int:
+        """Number of batches."""
+        return -(-self.num_examples // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, self.num_examples, self.batch_size):
+            index = self._order[start : start + self.batch_size]
+            yield self._images[index].to(self.device, non_blocking=True)
+
+
+class Adapter:
+    """Base class of every adaptation method. See the module docstring for the lifecycle.
+
+    Class attributes a method sets:
+
+    - ``defaults``: hyper-parameters with their reference values. A run may override them
+      (``tent(lr=1e-4)``); the resolved values are part of every result's identity.
+    - ``setting``: ``tta``, ``dg`` or ``da`` (see :data:`Setting`).
+    - ``changes_training``: True when ``prepare``/``extra_loss`` change the source model,
+      so it gets its own checkpoint instead of sharing the plain one.
+    - ``requires``: suite capabilities the method needs (e.g. ``{"camera_ids"}``); the
+      runner only pairs it with suites that provide them.
+    - ``tasks``: the tasks it works on.
+    """
+
+    name: ClassVar[str] = ""  # set by the registry
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    setting: ClassVar[Setting] = "tta"
+    changes_training: ClassVar[bool] = False
+    requires: ClassVar[frozenset[str]] = frozenset()
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification", "segmentation"})
+
+    def __init__(self, **hparams: Any) -> None:
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "none"
+            raise TypeError(
+                f"{type(self).__name__} got unknown hyper-parameter(s) {', '.join(unknown)}; "
+                f"valid: {valid}"
+            )
+        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+        self.model: nn.Module | None = None
+        self._attached_state: dict[str, torch.Tensor] | None = None
+
+    # ---- training time -------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Model surgery before training (and before a checkpoint is loaded into it)."""
+        return model
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A loss term added to the task loss at every training step, or None."""
+        return None
+
+    def training_signature(self) -> dict[str, Any] | None:
+        """What about training this adapter changes; None shares the plain source model."""
+        if not self.changes_training:
+            return None
+        return {"adapter": self.name, "hparams": self.hparams}
+
+    # ---- test time -----------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Take the trained model; remember its state so ``reset`` can return to it."""
+        self.model = model
+        self._attached_state = copy.deepcopy(model.state_dict())
+        self.setup(model)
+
+    def setup(self, model: nn.Module) -> None:
+        """Configure the model and any per-target state (optimizers). Default: eval mode."""
+        model.eval()
+
+    def adapt(self, stream: TargetStream) -> None:
+        """Optional pass over the unlabeled target data before any prediction."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for one batch of target images."""
+        with torch.no_grad():
+            return self._require_model()(x)
+
+    def reset(self) -> None:
+        """Return the model and the adapter's state to how they were right after attach."""
+        model = self._require_model()
+        assert self._attached_state is not None
+        model.load_state_dict(self._attached_state)
+        self.setup(model)
+
+    # ---- helpers -------------------------------------------------------------------
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__}: call attach(model) before using it")
+        return self.model
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the class docstring, for ``run.py list``."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def label(self) -> str:
+        """Row name in leaderboards: the name, plus any hyper-parameter that differs."""
+        changed = {k: v for k, v in self.hparams.items() if self.defaults.get(k) != v}
+        if not changed:
+            return self.name
+        inner = ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                         for k, v in sorted(changed.items()))
+        return f"{self.name}({inner})"

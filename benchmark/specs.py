@@ -1,0 +1,60 @@
+"""Parsing adapter specifications from the command line: ``tent``, ``tent(lr=1e-4,steps=2)``."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from benchmark.adapter import Adapter
+from benchmark.registry import ADAPTERS
+
+_SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\((.*)\))?\s*$")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """An adapter name plus hyper-parameter overrides; hashable, so usable as a dict key."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> AdapterSpec:
+        match = _SPEC.match(text)
+        if not match:
+            raise ValueError(f"cannot parse adapter {text!r}; expected name or name(key=value,...)")
+        name, inner = match.groups()
+        overrides: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in (inner or "").split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise ValueError(f"in adapter {text!r}: expected key=value, got {item!r}")
+            overrides[key.strip()] = _literal(value.strip())
+        return cls(name, tuple(sorted(overrides.items())))
+
+    def build(self) -> Adapter:
+        return ADAPTERS.get(self.name)(**dict(self.overrides))
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as sgd
+
+
+def split_list(text: str) -> list[str]:
+    """Split ``a,b(x=1,y=2),c`` on the commas that are not inside parentheses."""
+    items, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    return [item.strip() for item in items if item.strip()]

@@ -1,0 +1,140 @@
+"""The result store: one JSON file per cell, one safetensors file per source checkpoint.
+
+Layout under the results root::
+
+    cells/<suite>/<cell key>.json                  # a finished cell (status done or failed)
+    checkpoints/<suite>/<checkpoint key>.safetensors
+
+A key is a hash of what decides the result (never paths or devices). Every file is
+written to a temporary name in the same directory and renamed into place, so a file
+either exists whole or not at all: a run killed at any moment leaves no half cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CorruptCellWarning(UserWarning):
+    pass
+
+
+class ResultStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # ---- cells ---------------------------------------------------------------------
+    def cell_path(self, suite: str, key: str) -> Path:
+        return self.root / "cells" / suite / f"{key}.json"
+
+    def load_cell(self, suite: str, key: str) -> dict[str, Any] | None:
+        """The stored cell, or None if absent or unreadable (reported, then recomputed)."""
+        path = self.cell_path(suite, key)
+        if not path.exists():
+            return None
+        return self._read_cell(path, key)
+
+    def save_cell(self, cell: dict[str, Any]) -> Path:
+        path = self.cell_path(cell["suite"], cell["key"])
+        atomic_write_text(path, json.dumps(cell, indent=1, sort_keys=True, allow_nan=True) + "\n")
+        return path
+
+    def cells(self, suite: str) -> list[dict[str, Any]]:
+        """Every readable cell of a suite, in a stable order."""
+        folder = self.root / "cells" / suite
+        found = []
+        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+            cell = self._read_cell(path, path.stem)
+            if cell is not None:
+                found.append(cell)
+        return found
+
+    @staticmethod
+    def _read_cell(path: Path, key: str) -> dict[str, Any] | None:
+        try:
+            cell = json.loads(path.read_text())
+            if not isinstance(cell, dict) or cell.get("key") != key or "status" not in cell:
+                raise ValueError("not a cell record for this key")
+            return cell
+        except (OSError, ValueError) as exc:
+            warnings.warn(
+                f"ignoring unreadable cell file {path} ({exc}); it will be recomputed",
+                CorruptCellWarning,
+                stacklevel=3,
+            )
+            return None
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def checkpoint_path(self, suite: str, key: str) -> Path:
+        return self.root / "checkpoints" / suite / f"{key}.safetensors"
+
+    def load_checkpoint(self, suite: str, key: str) -> dict[str, torch.Tensor] | None:
+        path = self.checkpoint_path(suite, key)
+        if not path.exists():
+            return None
+        try:
+            return load_file(path)
+        except Exception as exc:  # safetensors raises its own error types
+            warnings.warn(
+                f"ignoring unreadable checkpoint {path} ({exc}); retraining",
+                CorruptCellWarning,
+                stacklevel=2,
+            )
+            return None
+
+    def save_checkpoint(
+        self, suite: str, key: str, state: dict[str, torch.Tensor], metadata: dict[str, str]
+    ) -> Path:
+        path = self.checkpoint_path(suite, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path

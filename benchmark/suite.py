@@ -1,0 +1,119 @@
+"""The suite protocol: a shift = data (source and target domains) + source-model recipe + metric.
+
+A suite knows nothing about adapters. The runner trains the suite's recipe on the source
+domain's ``train`` split and scores every adapter on each domain's ``test`` split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from benchmark.metrics import Metric, make_metric
+from benchmark.models import create_model
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the source model is built and trained. Every field is part of the checkpoint key."""
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    augment: Literal["none", "shift"] = "none"
+    arch_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DomainData:
+    """One split of one domain, in memory: float images in [0, 1] and integer labels.
+
+    ``extra`` holds per-sample side information a suite provides (e.g. camera ids).
+    """
+
+    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    labels: torch.Tensor  # (N,) int64 for classification, (N, H, W) for segmentation
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.images, self.labels, *(self.extra[k] for k in sorted(self.extra))):
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+class Suite:
+    """Base class of every suite. Subclasses set the class attributes and implement ``load``.
+
+    Constructed like a torchvision dataset: ``Suite(root=..., download=False)``. Embedded
+    suites ignore ``root``; real ones read their files from it.
+    """
+
+    name: ClassVar[str] = ""  # set by the registry
+    task: ClassVar[Literal["classification", "segmentation"]] = "classification"
+    metric: ClassVar[str] = "accuracy"
+    source: ClassVar[str]
+    targets: ClassVar[tuple[str, ...]]
+    num_classes: ClassVar[int]
+    recipe: ClassVar[Recipe]
+    eval_batch_size: ClassVar[int] = 128
+    provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, root: str | Path | None = None, download: bool = False) -> None:
+        self.root = Path(root) if root is not None else None
+        self.download = download
+        self._fingerprint: str | None = None
+
+    # ---- what a subclass implements -----------------------------------------------------
+    def load(self, domain: str, split: Split) -> DomainData:
+        raise NotImplementedError
+
+    # ---- shared behaviour ---------------------------------------------------------------
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return (self.source, *self.targets)
+
+    def build_model(self) -> nn.Module:
+        return create_model(self.recipe.arch, self.num_classes, **dict(self.recipe.arch_kwargs))
+
+    def make_metric(self) -> Metric:
+        return make_metric(self.metric, self.num_classes)
+
+    def fingerprint(self) -> str:
+        """A hash of every split of every domain: results are only comparable when equal."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.name.encode())
+            for domain in self.domains:
+                for split in ("train", "test"):
+                    h.update(f"{domain}/{split}:{self.load(domain, split).digest()}".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
