@@ -113,6 +113,7 @@ class Runner:
                 )
             spec.build()  # fail early on bad hyper-parameters
         self._states: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+        self._training_errors: dict[str, Exception] = {}  # fail its cells, don't retrain
 
     # ---- identities ------------------------------------------------------------------
     def _suite_signature(self) -> dict[str, Any]:
@@ -197,6 +198,17 @@ class Runner:
         key = stable_hash(identity)
         if key in self._states:
             return self._states[key]
+        if key in self._training_errors:
+            raise self._training_errors[key]
+        try:
+            return self._load_or_train(adapter, seed, identity, key)
+        except Exception as exc:
+            self._training_errors[key] = exc
+            raise
+
+    def _load_or_train(
+        self, adapter: Adapter, seed: int, identity: dict[str, Any], key: str
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state = self.store.load_checkpoint(self.suite.name, key)
         info: dict[str, Any] = {"key": key, "trained_now": state is None}
         if state is None:
