@@ -1,4 +1,5 @@
-"""Command line: ``python run.py [run|list] ...``; with no command, the embedded default."""
+"""Command line: ``python run.py [run|list|check|compare|plot] ...``; with no command, the embedded
+default."""
 
 from __future__ import annotations
 
@@ -78,19 +79,93 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite against adapters",
                          description="Run a suite against adapters; finished cells are reused.")
     _add_run_arguments(run)
-    sub.add_parser("list", help="list suites and adapters",
-                   description="List the registered suites and adapters.")
+    listing = sub.add_parser("list", help="list suites and adapters",
+                             description="List the registered suites and adapters, and where "
+                                         "each adapter comes from (built-in, file, package).")
+    listing.add_argument("--adapters", default=None, metavar="FILE.py:Class,...",
+                         help="also load these adapter files, to list them")
+    _add_check_parser(sub)
+    _add_compare_parser(sub)
+    _add_plot_parser(sub)
     return parser
 
 
-def cmd_list() -> int:
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="paired comparison of two adapters, or of two cell CSVs",
+        description="Pair two result sets by (protocol, batch size, target, seed) over finished "
+                    "target cells and report the mean difference a - b with its 95% CI, the "
+                    "paired t-test (primary) and Wilcoxon signed-rank test (secondary), "
+                    "wins/ties/losses per target and a verdict. Either --suite with --a and "
+                    "--b, or --csv-a and --csv-b (two versions or machines).")
+    p.add_argument("--suite", help="suite whose <leaderboards>/<suite>-cells.csv is read")
+    p.add_argument("--a", help="adapter row a (a label such as 'tent(lr=0.0001)', or a name)")
+    p.add_argument("--b", help="adapter row b")
+    p.add_argument("--leaderboards", type=Path, default=Path("leaderboards"),
+                   help="folder holding <suite>-cells.csv (default: leaderboards/)")
+    p.add_argument("--csv-a", type=Path, help="first <suite>-cells.csv (two-file mode)")
+    p.add_argument("--csv-b", type=Path, help="second <suite>-cells.csv (two-file mode)")
+    p.add_argument("--adapter", help="two-file mode: compare only this adapter "
+                                     "(default: every adapter both files have)")
+    p.add_argument("--protocol", help="only cells of this protocol")
+    p.add_argument("--batch-size", type=int, help="only cells of this batch size")
+    p.add_argument("--unit", choices=("cell", "seed"), default="cell",
+                   help="pair = one cell (default), or one seed's mean over the paired targets "
+                        "(independent pairs when a suite has many targets)")
+    p.add_argument("--alpha", type=float, default=0.05, help="test level (default 0.05)")
+    p.add_argument("--tie-tol", type=float, default=0.0,
+                   help="|a - b| <= this counts as a tie (default 0: equal scores)")
+    p.add_argument("--out", type=Path, help="also write the table as CSV to this file")
+
+
+def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot", help="PNG figures of a suite's results",
+        description="Write PNG figures from <leaderboards>/<suite>-cells.csv: per-target "
+                    "heatmap; error vs severity for -C style suites; batch-size sweep; "
+                    "online accuracy of continual streams (each when the cells allow it).")
+    p.add_argument("--suite", required=True, help="suite name (names the cell file)")
+    p.add_argument("--leaderboards", type=Path, default=Path("leaderboards"),
+                   help="folder holding <suite>-cells.csv (default: leaderboards/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the PNG files (default: <leaderboards>/plots)")
+
+
+def _add_check_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check", help="is an adapter class ready? (conformance kit, CPU, seconds)",
+        description="Run an adapter on a tiny embedded suite and check the protocol, that it "
+                    "runs, is deterministic, resets, reads no labels and leaves no NaN. "
+                    "Exit 0 when ready, 1 with one line per problem, 2 if it cannot be loaded.")
+    p.add_argument("adapter", help="path/to/my_adapter.py:MyAdapter, optionally with "
+                                   "hyper-parameters (k=v,...), or a registered adapter name")
+    p.add_argument("--seed", type=int, default=0, help="seed of the check runs (default 0)")
+
+
+def cmd_list(args: argparse.Namespace | None = None) -> int:
+    from benchmark.plugins import adapter_origin
+
+    if args is not None and args.adapters:
+        for item in split_list(args.adapters):
+            AdapterSpec.parse(item)  # loads and registers file adapters
     print("Suites:")
     for name, cls in SUITES.items():
         print(f"  {name:<14} {cls.task:<15} {cls.summary()}")
     print("\nAdapters:")
     for name, cls in ADAPTERS.items():
-        print(f"  {name:<14} {cls.setting:<4} {cls.summary()}")
+        print(f"  {name:<14} {cls.setting:<4} {cls.summary()}  [{adapter_origin(cls)}]")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import time
+
+    from benchmark.check import check_adapter, format_report
+
+    start = time.perf_counter()
+    report = check_adapter(args.adapter, seed=args.seed, echo=print)
+    print(format_report(report, time.perf_counter() - start))
+    return 0 if report.passed else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -115,6 +190,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return min(summary.failed, 125)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmark import compare
+
+    two_files = args.csv_a is not None or args.csv_b is not None
+    options = dict(protocol=args.protocol, batch_size=args.batch_size, unit=args.unit,
+                   alpha=args.alpha, tie_tol=args.tie_tol)
+    if two_files:
+        if args.csv_a is None or args.csv_b is None or args.a or args.b:
+            raise ShiftbenchError("two-file mode takes --csv-a X-cells.csv --csv-b Y-cells.csv "
+                                  "[--adapter NAME]; --a/--b are for --suite mode")
+        result = compare.compare_files(
+            compare.read_cells(args.csv_a), compare.read_cells(args.csv_b), args.csv_a,
+            args.csv_b, adapter=args.adapter, **options)
+    else:
+        if not (args.suite and args.a and args.b):
+            raise ShiftbenchError("compare needs --suite S --a ADAPTER --b ADAPTER, or "
+                                  "--csv-a X-cells.csv --csv-b Y-cells.csv")
+        path = args.leaderboards / f"{args.suite}-cells.csv"
+        result = compare.compare_adapters(compare.read_cells(path), args.a, args.b, path,
+                                          **options)
+    print(compare.format_report(result))
+    if args.out is not None:
+        print(f"\nwritten: {compare.write_csv(result, args.out)}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from benchmark import plots
+
+    out = args.out if args.out is not None else args.leaderboards / "plots"
+    result = plots.write_plots(args.suite, args.leaderboards / f"{args.suite}-cells.csv", out)
+    for line in result.skipped:
+        print(f"skipped {line}")
+    print("written: " + (", ".join(str(p) for p in result.written) or "nothing"))
+    return 0 if result.written else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -122,10 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run"]
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
-    load_builtins()
+    if args.command not in ("compare", "plot"):  # those only read CSV files
+        load_builtins()
     try:
         if args.command == "list":
-            return cmd_list()
+            return cmd_list(args)
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "plot":
+            return cmd_plot(args)
         return cmd_run(args)
     except (ShiftbenchError, UnknownNameError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

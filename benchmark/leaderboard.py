@@ -14,7 +14,8 @@
   (process peak RSS on CPU, peak allocated on CUDA).
 - ``status``: ``ok``, or how many cells failed or are missing.
 
-``<suite>-cells.csv`` is the long form: one row per cell.
+``<suite>-cells.csv`` is the long form: one row per cell, plus one column per further metric
+a suite reports (e.g. ``iou/road`` for segmentation; ``pixel_accuracy``), after the fixed ones.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark import markdown
 from benchmark.metrics import mean_std_ci95
 from benchmark.store import ResultStore, atomic_write_text
 from benchmark.suite import Suite
@@ -44,10 +46,16 @@ def select_cells(
 ) -> list[dict[str, Any]]:
     """One cell per (adapter label, protocol, batch size, seed, domain): cells of the current
     plan win; otherwise the most recently finished. Cells made on other data, recipe or torch
-    version (another suite signature) are not comparable and are left out."""
+    version (another suite signature) are not comparable and are left out, and so are cells
+    of an adapter label made with another version of its code than the winning cells: a row
+    never mixes results from an edited adapter file with results from the old one."""
+    ranked = sorted(cells, key=lambda c: (c["key"] in current_keys, c.get("finished_at", "")))
+    comparable = [c for c in ranked
+                  if suite_signature is None or c.get("suite_signature") == suite_signature]
+    code = {c["label"]: c.get("adapter_code") for c in comparable}  # the winner's code
     chosen: dict[tuple, dict[str, Any]] = {}
-    for cell in sorted(cells, key=lambda c: (c["key"] in current_keys, c.get("finished_at", ""))):
-        if suite_signature is not None and cell.get("suite_signature") != suite_signature:
+    for cell in comparable:
+        if cell.get("adapter_code") != code[cell["label"]]:
             continue
         ident = (cell["label"], cell["protocol"], cell["batch_size"], cell["seed"], cell["domain"])
         chosen[ident] = cell
@@ -56,9 +64,13 @@ def select_cells(
 
 def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
+    extra_columns: set[str] = set()  # every other metric key (e.g. iou/<class>) -> a column
     for c in cells:
         v = c.get("versions", {})
         metrics = c.get("metrics", {})
+        extra = {k: round(x, 4) if isinstance(x, float) else x
+                 for k, x in metrics.items() if k not in CELL_COLUMNS}
+        extra_columns.update(extra)
         rows.append({
             "adapter": c["label"], "protocol": c["protocol"], "batch_size": c["batch_size"],
             "setting": c.get("setting", ""), "seed": c["seed"], "domain": c["domain"],
@@ -75,9 +87,9 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
             "shiftbench": v.get("shiftbench", ""), "code_revision": v.get("code_revision", ""),
             "torch": v.get("torch", ""), "torchvision": v.get("torchvision", ""),
             "python": v.get("python", ""), "device": c.get("device", {}).get("device", ""),
-            "finished_at": c.get("finished_at", ""), "key": c["key"],
+            "finished_at": c.get("finished_at", ""), "key": c["key"], **extra,
         })
-    frame = pd.DataFrame(rows, columns=CELL_COLUMNS)
+    frame = pd.DataFrame(rows, columns=CELL_COLUMNS + sorted(extra_columns))
     return frame.sort_values(["adapter", "protocol", "batch_size", "seed", "role", "domain"],
                              kind="stable").reset_index(drop=True)
 
@@ -155,12 +167,15 @@ def write(
     suite: Suite, store: ResultStore, out_dir: Path, current_keys: set[str] | None = None,
     suite_signature: str | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
-    """Rebuild and atomically write ``<suite>.csv`` and ``<suite>-cells.csv``."""
+    """Rebuild and atomically write ``<suite>.csv``, ``<suite>-cells.csv`` and ``<suite>.md``
+    (the same board as markdown, with published reference rows; see benchmark.markdown)."""
     board, long = build(suite, store, current_keys, suite_signature)
     out_dir = Path(out_dir)
     paths = [out_dir / f"{suite.name}.csv", out_dir / f"{suite.name}-cells.csv"]
     atomic_write_text(paths[0], board.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(paths[1], long.to_csv(index=False, lineterminator="\n"))
+    paths.append(out_dir / f"{suite.name}.md")
+    atomic_write_text(paths[2], markdown.render_for_suite(suite, board))
     return board, paths
 
 

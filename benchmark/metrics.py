@@ -75,7 +75,80 @@ def expected_calibration_error(
     return ece.item()
 
 
-METRICS = {"accuracy": Accuracy}
+IGNORE_INDEX = 255
+"""Label of pixels that count for nothing (Cityscapes' ignore trainId)."""
+
+
+class MeanIoU(Metric):
+    """Mean intersection over union (%) for semantic segmentation, from one confusion matrix
+    accumulated over every pixel of the split (not an average of per-image scores).
+
+    Pixels labelled ``ignore_index`` (255) are skipped. For class c with confusion matrix
+    M[true, predicted]: IoU_c = M[c, c] / (sum_j M[c, j] + sum_i M[i, c] - M[c, c]).
+    Absent classes: a class with no pixel in the ground truth *and* none in the predictions
+    has an undefined IoU (0/0) and is left out of the mean (reported as NaN); a class that
+    is only predicted, or only in the ground truth, has IoU 0 and counts. This matches the
+    usual Cityscapes evaluation (e.g. RobustNet's ``evaluate_eval``, nanmean over classes).
+
+    ``result()``: ``score`` = mIoU in percent, ``iou/<class>`` = per-class IoU in percent,
+    ``pixel_accuracy`` in percent and ``n_pixels`` (non-ignored pixels).
+    """
+
+    name = "miou"
+
+    def __init__(
+        self, num_classes: int, class_names: Sequence[str] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.class_names = (list(class_names) if class_names is not None
+                            else [str(c) for c in range(num_classes)])
+        self.ignore_index = ignore_index
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"expected logits of shape (N, {self.num_classes}, H, W), "
+                             f"got {tuple(logits.shape)}")
+        if labels.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(f"labels of shape {tuple(labels.shape)} do not match logits "
+                             f"{tuple(logits.shape)}; expected (N, H, W)")
+        predicted = logits.detach().argmax(1).cpu().flatten()
+        truth = labels.detach().cpu().flatten().long()
+        valid = truth != self.ignore_index
+        truth, predicted = truth[valid], predicted[valid]
+        if len(truth) and (truth.min() < 0 or truth.max() >= self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes}) or "
+                             f"{self.ignore_index} (ignore); got {truth.min()}..{truth.max()}")
+        self.confusion += torch.bincount(
+            truth * self.num_classes + predicted, minlength=self.num_classes ** 2
+        ).reshape(self.num_classes, self.num_classes)
+
+    def per_class_iou(self) -> torch.Tensor:
+        """IoU per class as a float64 tensor; NaN for classes absent from truth and prediction."""
+        m = self.confusion.double()
+        hits = m.diagonal()
+        union = m.sum(0) + m.sum(1) - hits
+        return torch.where(union > 0, hits / union.clamp_min(1), torch.full_like(hits, math.nan))
+
+    def result(self) -> dict[str, float]:
+        iou = self.per_class_iou()
+        present = ~iou.isnan()
+        total = int(self.confusion.sum())
+        out = {
+            "score": 100.0 * iou[present].mean().item() if present.any() else math.nan,
+            "pixel_accuracy": (100.0 * self.confusion.diagonal().sum().item() / total
+                               if total else math.nan),
+            "n_pixels": float(total),
+        }
+        out.update({f"iou/{name}": 100.0 * v for name, v in zip(self.class_names,
+                                                                 iou.tolist(), strict=True)})
+        return out
+
+
+METRICS = {"accuracy": Accuracy, "miou": MeanIoU}
 
 
 def make_metric(name: str, num_classes: int) -> Metric:

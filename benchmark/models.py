@@ -3,14 +3,21 @@
 ``SmallResNet`` is the CPU workhorse for 32x32 inputs. It keeps ResNet's structure and
 names (``stem``, ``layer1``..``layer3``, ``fc``) so that normalization surgery written for
 torchvision ResNets (IBN after the stem / stage 1 / stage 2) applies to it unchanged.
+The segmentation models (``small_segnet``, ``deeplabv3_resnet50``) use torchvision's exact
+ResNet names under ``backbone``; see ``SURGERY_POINTS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from benchmark.errors import ShiftbenchError
 
 
 class BasicBlock(nn.Module):
@@ -65,7 +72,178 @@ class SmallResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"small_resnet": SmallResNet}
+# ---- semantic segmentation -------------------------------------------------------------
+#
+# Both segmentation models below share torchvision's ResNet names, so normalization surgery
+# (IBN-Net a/b, ISW / RobustNet) is written once, against these module paths:
+#
+#   backbone.conv1, backbone.bn1, backbone.relu  the stem; ``backbone.bn1`` is its norm layer
+#                                                (IBN-b: IN instead of BN; ISW: IN + whitening)
+#   backbone.layer1 .. backbone.layer4            the four residual stages; each is an
+#                                                nn.Sequential of blocks with ``bn1`` as the
+#                                                first norm layer (IBN-a: half IN in ``bn1``
+#                                                of every block of layers 1-3)
+#   outputs of backbone.layer1 / backbone.layer2  "after stage 1 / 2" (IBN-b: IN after the
+#                                                last block's residual addition; ISW: IN +
+#                                                whitening loss on these features)
+#
+# ``SURGERY_POINTS`` names them; every segmentation model carries it as ``surgery_points``.
+# Inputs are images in [0, 1]; the models standardize them with the ImageNet mean and std
+# themselves (a fixed, non-trainable step), so suites hand over raw pixels.
+
+SURGERY_POINTS: dict[str, str] = {
+    "stem_norm": "backbone.bn1",
+    "stage1": "backbone.layer1",
+    "stage2": "backbone.layer2",
+    "stage3": "backbone.layer3",
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageNetStandardize(nn.Module):
+    """(x - mean) / std per channel with ImageNet statistics; no parameters, no state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class SmallSegBackbone(nn.Module):
+    """A ResNet with torchvision's module names, scaled down for CPU: stem conv (stride 2),
+    four stages of basic blocks with strides 1, 2, 2 and a dilated stride-1 layer4 (output
+    stride 8, as in DeepLab's dilated ResNets)."""
+
+    def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 48, 64)) -> None:
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.conv1 = nn.Conv2d(3, w1, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w1)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(w1, w1, 1))
+        self.layer2 = nn.Sequential(BasicBlock(w1, w2, 2))
+        self.layer3 = nn.Sequential(BasicBlock(w2, w3, 2))
+        self.layer4 = nn.Sequential(BasicBlock(w3, w4, 1))
+        for conv in (self.layer4[0].conv1, self.layer4[0].conv2):  # dilation 2 keeps stride 8
+            conv.dilation, conv.padding = (2, 2), (2, 2)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        low = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return {"low": low, "out": self.layer4(self.layer3(self.layer2(low)))}
+
+
+class SmallSegNet(nn.Module):
+    """CPU encoder-decoder for small street scenes (e.g. 64x128): ``SmallSegBackbone`` plus a
+    DeepLabV3+-style decoder (context features upsampled to stage-1 resolution, concatenated
+    with projected stage-1 features, one 3x3 conv, 1x1 classifier, bilinear upsampling to the
+    input size). Module names follow torchvision's ResNet; see ``SURGERY_POINTS``."""
+
+    surgery_points = SURGERY_POINTS
+
+    def __init__(
+        self, num_classes: int, widths: tuple[int, int, int, int] = (16, 32, 48, 64),
+        decoder_width: int = 32,
+    ) -> None:
+        super().__init__()
+        self.standardize = ImageNetStandardize()
+        self.backbone = SmallSegBackbone(widths)
+        self.project_low = nn.Sequential(
+            nn.Conv2d(widths[0], 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(widths[3] + 16, decoder_width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(decoder_width), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Conv2d(decoder_width, num_classes, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m is not self.classifier:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        features = self.backbone(self.standardize(x))
+        low = self.project_low(features["low"])
+        context = F.interpolate(features["out"], size=low.shape[-2:], mode="bilinear",
+                                align_corners=False)
+        logits = self.classifier(self.decoder(torch.cat([context, low], 1)))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class DeepLabV3ResNet50(nn.Module):
+    """DeepLabV3 with a dilated ResNet-50 backbone (Chen et al. 2017, "Rethinking Atrous
+    Convolution for Semantic Image Segmentation", arXiv:1706.05587), built by torchvision with
+    ``weights=None, weights_backbone=None`` (nothing is downloaded); output stride 8.
+
+    ``backbone_weights``: optional local file with an ImageNet ResNet-50 state dict
+    (torchvision's ``resnet50-*.pth`` or a ``.safetensors`` file); its ``fc.*`` entries are
+    dropped, every other backbone weight must match. Module names: see ``SURGERY_POINTS``.
+    """
+
+    surgery_points = SURGERY_POINTS
+
+    def __init__(self, num_classes: int, backbone_weights: str | Path | None = None) -> None:
+        super().__init__()
+        from torchvision.models.segmentation import deeplabv3_resnet50
+
+        if backbone_weights is not None:
+            _require_backbone_file(Path(backbone_weights))  # fail before the slow build
+
+        net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=num_classes,
+                                 aux_loss=False)
+        self.standardize = ImageNetStandardize()
+        self.backbone = net.backbone  # IntermediateLayerGetter: conv1, bn1, ..., layer4
+        self.classifier = net.classifier
+        if backbone_weights is not None:
+            self.load_backbone(backbone_weights)
+
+    def load_backbone(self, path: str | Path) -> None:
+        path = Path(path)
+        _require_backbone_file(path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        try:
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ShiftbenchError(f"{path} is not a torchvision ResNet-50 state dict: {exc}"
+                                  ) from None
+        if missing or unexpected:
+            raise ShiftbenchError(
+                f"{path} is not a torchvision ResNet-50 state dict: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        logits = self.classifier(self.backbone(self.standardize(x))["out"])
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def _require_backbone_file(path: Path) -> None:
+    if not path.is_file():
+        raise ShiftbenchError(
+            f"ImageNet ResNet-50 backbone file {path} not found; download torchvision's "
+            "https://download.pytorch.org/models/resnet50-0676ba61.pth there, or build the "
+            "model without backbone_weights (random initialization)"
+        )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_resnet": SmallResNet,
+    "small_segnet": SmallSegNet,
+    "deeplabv3_resnet50": DeepLabV3ResNet50,
+}
 
 
 def create_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,12 +40,20 @@ def code_revision() -> str:
         return "unknown"
 
 
+def _distribution_version(name: str) -> str:
+    # Read from package metadata: importing torchvision just for its version costs ~1 s.
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def versions() -> dict[str, str]:
     return {
         "shiftbench": shiftbench_version(),
         "code_revision": code_revision(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": _distribution_version("torchvision"),
         "python": platform.python_version(),
     }
 
@@ -57,7 +64,14 @@ def _file_sha256(path: str) -> str:
 
 
 def source_hash(cls: type) -> str:
-    """sha256 of the file that defines ``cls``: editing an adapter invalidates its results."""
+    """sha256 of the file that defines ``cls``: editing an adapter invalidates its results.
+
+    A class loaded from a user's file (benchmark.plugins) carries the hash of the exact bytes
+    that were imported, so an edit is seen even within one process (the cache is by path).
+    """
+    recorded = cls.__dict__.get("_shiftbench_source_sha256")
+    if isinstance(recorded, str):
+        return recorded
     try:
         return _file_sha256(inspect.getsourcefile(cls) or "")
     except (OSError, TypeError):

@@ -41,6 +41,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Forget a name (a reloaded file adapter replaces its old class; tests clean up)."""
+        self._items.pop(name, None)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]
@@ -67,6 +71,10 @@ SUITES: Registry = Registry("suite")
 
 
 def load_builtins() -> None:
-    """Import the built-in adapter and suite packages (importing is registering)."""
+    """Import the built-in adapter and suite packages (importing is registering), then the
+    adapters installed packages declare in the ``shiftbench.adapters`` entry-point group."""
     import adapters  # noqa: F401
     import suites  # noqa: F401
+    from benchmark.plugins import load_entry_point_adapters
+
+    load_entry_point_adapters()

@@ -1,4 +1,6 @@
-"""Parsing adapter specifications from the command line: ``tent``, ``tent(lr=1e-4,steps=2)``."""
+"""Parsing adapter specifications from the command line: ``tent``, ``tent(lr=1e-4,steps=2)``,
+and adapters in a user's file: ``path/to/my_adapter.py:MyAdapter(k=v)`` (see benchmark.plugins).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmark.adapter import Adapter
+from benchmark.plugins import is_file_reference, load_file_adapter
 from benchmark.registry import ADAPTERS
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(?:\((.*)\))?\s*$")
+_FILE_SPEC = re.compile(r"^\s*(.+\.py:[^()]*?)\s*(?:\((.*)\))?\s*$")
 
 
 @dataclass(frozen=True)
@@ -22,10 +26,17 @@ class AdapterSpec:
 
     @classmethod
     def parse(cls, text: str) -> AdapterSpec:
-        match = _SPEC.match(text)
-        if not match:
-            raise ValueError(f"cannot parse adapter {text!r}; expected name or name(key=value,...)")
-        name, inner = match.groups()
+        """A registered name, or a file adapter (loaded and registered now, under its name)."""
+        file_match = _FILE_SPEC.match(text) if is_file_reference(text) else None
+        if file_match:
+            reference, inner = file_match.groups()
+            name = load_file_adapter(reference).name
+        else:
+            match = _SPEC.match(text)
+            if not match:
+                raise ValueError(f"cannot parse adapter {text!r}; expected name, "
+                                 "name(key=value,...) or path/to/file.py:ClassName")
+            name, inner = match.groups()
         overrides: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in (inner or "").split(","))):
             key, sep, value = item.partition("=")

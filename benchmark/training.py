@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.adapter import Adapter
+from benchmark.metrics import IGNORE_INDEX
 from benchmark.suite import DomainData, Recipe
 
 
@@ -80,7 +81,8 @@ def train_source(
             index = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
             x = _augment(data.images[index], recipe.augment, generator).to(device)
             y = data.labels[index].to(device)
-            loss = F.cross_entropy(model(x), y)
+            # 255 marks unlabelled pixels in segmentation labels; no class uses it.
+            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
             extra = adapter.extra_loss(model)
             if extra is not None:
                 loss = loss + extra

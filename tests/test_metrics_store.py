@@ -102,3 +102,20 @@ def test_registry_rejects_duplicates_and_suggests_names():
 
     with pytest.raises(UnknownNameError, match="did you mean adabn"):
         reg.get("adbn")
+
+
+def test_leaderboard_rows_never_mix_adapter_code_versions():
+    from benchmark.leaderboard import select_cells
+
+    def cell(key, seed, code, when):
+        return {"key": key, "label": "mine", "protocol": "episodic", "batch_size": 8,
+                "seed": seed, "domain": "t", "adapter_code": code, "finished_at": when,
+                "suite_signature": "s"}
+
+    old = [cell("a0", 0, "old", "2026-01-01"), cell("a1", 1, "old", "2026-01-01")]
+    new = [cell("b0", 0, "new", "2026-02-01")]  # edited file, re-run on seed 0 only
+    chosen = select_cells(old + new, "s", current_keys={"b0"})
+    assert [c["key"] for c in chosen] == ["b0"]
+    # an old-code run that is the current plan wins over newer cells of other code
+    chosen = select_cells(old + new, "s", current_keys={"a0", "a1"})
+    assert sorted(c["key"] for c in chosen) == ["a0", "a1"]

@@ -16,9 +16,9 @@ from suites.digits import Digits
 
 @SUITES.register("tiny-digits")
 class TinyDigits(Digits):
-    """Test-only: the digits data with a 2-epoch source recipe."""
+    """Test-only: the digits data with a 4-epoch source recipe (~77% on clean digits)."""
 
-    recipe = replace(Digits.recipe, epochs=2)
+    recipe = replace(Digits.recipe, epochs=4)
 
 
 def is_photo_domain(x: torch.Tensor) -> bool:

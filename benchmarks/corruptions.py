@@ -1,0 +1,115 @@
+"""Throughput of shiftbench's corruption engine vs the ``imagecorruptions`` package.
+
+Both corrupt the same 32x32 RGB images (random crops of the photos bundled with
+scikit-learn and scikit-image), corruption by corruption, all 5 severities, in one run, and
+the table gives milliseconds per image (summed over the 5 severities) for each and their
+ratio. The total ratio is over the corruptions both packages run.
+
+    python benchmarks/corruptions.py               # 200 images, about a minute on 2 cores
+    python benchmarks/corruptions.py --images 1000
+
+``imagecorruptions`` is installed by the ``bench`` extra (``pip install -e .[bench]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from suites._photos import random_crops
+from suites.corruptions import ALL_CORRUPTIONS, SEVERITIES, corrupt
+
+NOTE = """\
+Note: imagecorruptions (Michaelis et al. 2019) applies the ImageNet-C constants (made for
+224x224 images) to whatever it gets, so on 32x32 images its corruptions are stronger than
+CIFAR-10-C's and its per-image work differs; shiftbench applies the CIFAR-10-C (32x32)
+constants. The comparison is of throughput, not of outputs. Corruptions that
+imagecorruptions cannot run with the installed numpy / scikit-image are reported as
+failed and left out of the total."""
+
+
+def load_reference():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from imagecorruptions import corrupt as reference_corrupt
+    except ImportError as exc:
+        raise SystemExit(
+            f"cannot import imagecorruptions ({exc}); install the benchmark extra: "
+            "pip install -e '.[bench]' (it also pins setuptools<81, whose pkg_resources "
+            "imagecorruptions imports)"
+        ) from exc
+    return reference_corrupt
+
+
+def time_reference(reference_corrupt, images_u8: np.ndarray, name: str
+                   ) -> tuple[float | None, str]:
+    """Seconds for all images x severities, or None and the error it raised."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference_corrupt(images_u8[0], corruption_name=name, severity=1)  # warm-up
+            start = time.perf_counter()
+            for severity in SEVERITIES:
+                for image in images_u8:
+                    reference_corrupt(image, corruption_name=name, severity=severity)
+    except Exception as exc:  # the package is broken on today's stack for some corruptions
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None, message[:70]
+    return time.perf_counter() - start, ""
+
+
+def time_engine(images: torch.Tensor, name: str) -> float:
+    start = time.perf_counter()
+    for severity in SEVERITIES:
+        corrupt(images, name, severity, seed=severity)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200, help="32x32 images (default 200)")
+    parser.add_argument("--device", default="cpu", help="device for shiftbench's engine")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, like imagecorruptions' numpy; "
+                             "on a busy machine more threads mostly add contention)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    reference_corrupt = load_reference()
+    crops = random_crops(args.images, 32, np.random.default_rng(0), downscale=4)
+    images_u8 = np.round(crops * 255).astype(np.uint8)
+    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).to(args.device)
+
+    per_image = 1000 / args.images
+    print(f"{args.images} images of 32x32, 5 severities each, torch threads: "
+          f"{torch.get_num_threads()}, device: {args.device}")
+    print(f"{'corruption':18s} {'shiftbench':>11s} {'imagecorr.':>11s} {'ratio':>8s}   "
+          "(ms per image, summed over severities)")
+    ours_total = reference_total = 0.0
+    failures = []
+    for name in ALL_CORRUPTIONS:
+        corrupt(images[:2], name, 1, seed=0)  # warm-up: lazy imports and cached tables
+        ours = time_engine(images, name)
+        reference, error = time_reference(reference_corrupt, images_u8, name)
+        if reference is None:
+            failures.append(name)
+            print(f"{name:18s} {ours * per_image:11.3f} {'FAILED':>11s} {'-':>8s}   {error}")
+            continue
+        ours_total += ours
+        reference_total += reference
+        print(f"{name:18s} {ours * per_image:11.3f} {reference * per_image:11.3f} "
+              f"{reference / ours:7.1f}x")
+    print(f"{'total (both run)':18s} {ours_total * per_image:11.3f} "
+          f"{reference_total * per_image:11.3f} {reference_total / ours_total:7.1f}x")
+    if failures:
+        print(f"imagecorruptions failed on: {', '.join(failures)}")
+    print(NOTE)
+
+
+if __name__ == "__main__":
+    main()

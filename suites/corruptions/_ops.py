@@ -1,0 +1,240 @@
+"""Batched image operations that restate the library calls of the CIFAR-10-C script.
+
+Every function takes and returns float tensors shaped (N, C, H, W) (or (N, H, W) where
+noted) and names the library call it stands for, with that call's border handling, so a
+corruption reads like the original: scipy/skimage ``mode='nearest'`` is ``"edge"``,
+``'reflect'`` is ``"symmetric"`` (d c b a | a b c d) and OpenCV's default border
+(BORDER_REFLECT_101, scipy ``'mirror'``) is ``"mirror"`` (d c b | a b c d).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Border = Literal["edge", "symmetric", "mirror"]
+
+
+def border_index(n: int, before: int, after: int, mode: Border, device) -> torch.Tensor:
+    """Source index of every position of a length-``n`` axis padded by ``before``/``after``,
+    for any padding width (scipy reflects again when a kernel is wider than the image)."""
+    i = torch.arange(-before, n + after, device=device)
+    if mode == "edge" or n == 1:
+        return i.clamp(0, n - 1)
+    if mode == "symmetric":
+        i = i % (2 * n)
+        return torch.where(i >= n, 2 * n - 1 - i, i)
+    if mode == "mirror":
+        i = i % (2 * n - 2)
+        return torch.where(i >= n, 2 * n - 2 - i, i)
+    raise ValueError(f"unknown border mode {mode!r}")
+
+
+_NATIVE_PAD = {"edge": "replicate", "mirror": "reflect"}
+
+
+def pad(x: torch.Tensor, ph: tuple[int, int], pw: tuple[int, int], mode: Border) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if mode in _NATIVE_PAD and max(ph) < h and max(pw) < w and x.ndim == 4:
+        return F.pad(x, (*pw, *ph), mode=_NATIVE_PAD[mode])  # same result, one fast kernel
+    x = x.index_select(-2, border_index(h, *ph, mode, x.device))
+    return x.index_select(-1, border_index(w, *pw, mode, x.device))
+
+
+def correlate(x: torch.Tensor, kernel: torch.Tensor, mode: Border) -> torch.Tensor:
+    """2-D correlation of every channel with one odd-sized kernel (cv2.filter2D,
+    scipy.ndimage.correlate)."""
+    kh, kw = kernel.shape
+    n, c, h, w = x.shape
+    padded = pad(x, (kh // 2, kh // 2), (kw // 2, kw // 2), mode).reshape(1, n * c, h + kh - 1,
+                                                                          w + kw - 1)
+    weight = kernel.to(x.dtype).to(x.device).expand(n * c, 1, kh, kw)
+    # depthwise over all channels of all images: much faster than groups=c on CPU
+    return F.conv2d(padded, weight, groups=n * c).reshape(n, c, h, w)
+
+
+def separable(x: torch.Tensor, taps: torch.Tensor, mode: Border) -> torch.Tensor:
+    """Correlate with ``taps`` along rows, then along columns (a separable filter)."""
+    r = len(taps) // 2
+    h, w = x.shape[-2:]
+    weights = taps.tolist()
+    # a sum of shifted slices: for the short kernels here faster than conv2d on CPU
+    padded = pad(x, (0, 0), (r, r), mode)
+    rows = padded[..., 0:w] * weights[0]
+    for i in range(1, len(weights)):
+        rows.add_(padded[..., i:i + w], alpha=weights[i])
+    padded = pad(rows, (r, r), (0, 0), mode)
+    out = padded[..., 0:h, :] * weights[0]
+    for i in range(1, len(weights)):
+        out.add_(padded[..., i:i + h, :], alpha=weights[i])
+    return out
+
+
+@functools.cache
+def gaussian_taps(sigma: float, truncate: float) -> torch.Tensor:
+    """scipy.ndimage's sampled Gaussian: radius int(truncate * sigma + 0.5), sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * offsets**2 / sigma**2)
+    return taps / taps.sum()
+
+
+def gaussian(x: torch.Tensor, sigma: float, mode: Border = "edge", truncate: float = 4.0
+             ) -> torch.Tensor:
+    """skimage.filters.gaussian over the two spatial axes (its defaults: 'nearest', 4 sigma).
+    scipy skips axes whose sigma is ~0, so sigma 0 is the identity."""
+    if sigma <= 1e-15:
+        return x
+    return separable(x, gaussian_taps(sigma, truncate), mode)
+
+
+def box_blur3(x: torch.Tensor) -> torch.Tensor:
+    """cv2.blur(x, (3, 3)): 3x3 mean, OpenCV's default border."""
+    return separable(x, torch.full((3,), 1 / 3, dtype=torch.float64), "mirror")
+
+
+def clipped_zoom_taps(n: int, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of the script's ``clipped_zoom``: crop the central ceil(n / factor) pixels,
+    scipy.ndimage.zoom them by ``factor`` (order 1, corner-aligned: output o samples input
+    o * (in - 1) / (out - 1)), trim to the centre. Returns, per output pixel, the two input
+    pixels it interpolates, (n, 2), and their weights, (n, 2)."""
+    crop = int(np.ceil(n / factor))
+    top = (n - crop) // 2
+    out = int(round(crop * factor))  # scipy's output length (Python round)
+    trim = (out - n) // 2
+    step = (crop - 1) / (out - 1) if out > 1 else 0.0
+    coords = np.arange(trim, trim + n, dtype=np.float64) * step
+    lo = np.clip(np.floor(coords).astype(np.int64), 0, crop - 1)
+    hi = np.minimum(lo + 1, crop - 1)
+    frac = coords - lo
+    return np.stack([top + lo, top + hi], 1), np.stack([1 - frac, frac], 1)
+
+
+def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``clipped_zoom`` of the last two axes."""
+    h, w = x.shape[-2:]
+    (rows, row_weights), (cols, col_weights) = clipped_zoom_taps(h, factor), clipped_zoom_taps(
+        w, factor)
+    mh = torch.zeros((h, h), dtype=torch.float64)
+    mw = torch.zeros((w, w), dtype=torch.float64)
+    mh.index_put_((torch.arange(h)[:, None].expand(-1, 2), torch.from_numpy(rows)),
+                  torch.from_numpy(row_weights), accumulate=True)
+    mw.index_put_((torch.arange(w)[:, None].expand(-1, 2), torch.from_numpy(cols)),
+                  torch.from_numpy(col_weights), accumulate=True)
+    return mh.to(x) @ x @ mw.to(x).T
+
+
+@functools.cache
+def mean_of_zooms_operator(h: int, w: int, factors: tuple[float, ...]) -> torch.Tensor:
+    """The sparse (h*w, h*w) matrix of ``(x + sum of clipped zooms of x) / (len + 1)`` on
+    row-major flattened images. Each zoom moves an output pixel by bilinear weights of four
+    input pixels, so the matrix has about 4 * len(factors) entries per row, mostly shared."""
+    out_rows = [np.arange(h * w)]
+    in_cols = [np.arange(h * w)]
+    values = [np.ones(h * w)]
+    pixel = np.arange(h * w).reshape(h, w)
+    for factor in factors:
+        rows, row_weights = clipped_zoom_taps(h, factor)
+        cols, col_weights = clipped_zoom_taps(w, factor)
+        for a in range(2):
+            for b in range(2):
+                out_rows.append(pixel.ravel())
+                in_cols.append((rows[:, a, None] * w + cols[None, :, b]).ravel())
+                values.append((row_weights[:, a, None] * col_weights[None, :, b]).ravel())
+    index = torch.from_numpy(np.stack([np.concatenate(out_rows), np.concatenate(in_cols)]))
+    matrix = torch.sparse_coo_tensor(index, torch.from_numpy(np.concatenate(values)),
+                                     (h * w, h * w), check_invariants=True).coalesce()
+    return matrix / (len(factors) + 1)
+
+
+@functools.cache
+def pil_box_resampler(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                             torch.Tensor]:
+    """Pillow's BOX resampling of one axis of uint8 data (Resample.c: precompute_coeffs and
+    normalize_coeffs_8bpc). Each output pixel averages the k input pixels whose centres fall
+    in its box; Pillow stores the weight 1/k as the integer q = round(2**22 / k) and outputs
+    (sum * q + 2**21) >> 22. Returns the 0/1 membership matrix (out, in), and for exact
+    8-bit results a lookup table of that formula over every possible sum with a per-output
+    offset into it (sums are integers, so float32 holds them exactly)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    members = np.zeros((out_size, in_size), dtype=np.float32)
+    for o in range(out_size):
+        center = (o + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        offsets = (np.arange(lo, hi) - center + 0.5) / filterscale
+        members[o, lo:hi] = (offsets > -0.5) & (offsets <= 0.5)
+    counts = members.sum(1).astype(np.int64)
+    tables, starts, start = [], [], 0
+    for k in counts:
+        q = int(np.floor(0.5 + (1 << 22) / k)) if k else 0
+        tables.append(np.clip((np.arange(255 * k + 1) * q + (1 << 21)) >> 22, 0, 255))
+        starts.append(start)
+        start += 255 * k + 1
+    return (torch.from_numpy(members), torch.from_numpy(np.concatenate(tables)).float(),
+            torch.tensor(starts, dtype=torch.int64))
+
+
+def _pil_box_last_axis(x: torch.Tensor, out_size: int) -> torch.Tensor:
+    members, table, starts = (t.to(x.device) for t in pil_box_resampler(x.shape[-1], out_size))
+    sums = x.reshape(-1, x.shape[-1]) @ members.T  # one 2-D product: faster than batched
+    return torch.take(table, sums.long() + starts).reshape(*x.shape[:-1], out_size)
+
+
+def pil_box_resize(x_u8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PIL ``Image.resize(size=(w, h), resample=BOX)`` of uint8-valued images (float
+    tensors holding 0..255): horizontal pass, rounded to uint8, then vertical pass."""
+    h_out, w_out = size
+    h, w = x_u8.shape[-2:]
+    x = x_u8.float()
+    if w_out != w:
+        x = _pil_box_last_axis(x, w_out)
+    if h_out != h:
+        x = _pil_box_last_axis(x.transpose(-1, -2), h_out).transpose(-1, -2)
+    return x.to(x_u8.dtype)
+
+
+def motion_blur(x: torch.Tensor, radius: float, sigma: float, angle_deg: torch.Tensor
+                ) -> torch.Tensor:
+    """ImageMagick's MotionBlurImage (the script's Wand call), one angle per image: a
+    one-sided Gaussian of width 2*ceil(radius)+1 along the angle, sampled at whole-pixel
+    offsets ceil(i*cos - 0.5), ceil(i*sin - 0.5), image edges extended."""
+    n, c, h, w = x.shape
+    width = 2 * math.ceil(radius) + 1
+    steps = torch.arange(width, dtype=torch.float64, device=x.device)
+    taps = torch.exp(-steps**2 / (2 * sigma**2))
+    taps = (taps / taps.sum()).tolist()
+    theta = torch.deg2rad(angle_deg.to(torch.float64))[:, None]
+    dx = torch.ceil(steps[None] * torch.cos(theta) - 0.5).long()  # (N, width)
+    dy = torch.ceil(steps[None] * torch.sin(theta) - 0.5).long()
+    # Edge-pad once; every tap is then a per-image shift of one flat index grid.
+    r = width - 1
+    padded = pad(x, (r, r), (r, r), "edge")
+    pw = w + 2 * r
+    flat = padded.reshape(n, c, -1)
+    grid = ((torch.arange(h, device=x.device)[:, None] + r) * pw
+            + torch.arange(w, device=x.device)[None, :] + r).reshape(1, 1, -1)
+    shifts = (dy * pw + dx)[:, None, :]  # (N, 1, width)
+    out = torch.zeros((n, c, h * w), dtype=x.dtype, device=x.device)
+    for i in range(width):
+        index = (grid + shifts[:, :, i:i + 1]).expand(n, c, -1)
+        out.add_(flat.gather(2, index), alpha=taps[i])
+    return out.reshape(n, c, h, w)
+
+
+def round_u8(x: torch.Tensor) -> torch.Tensor:
+    """An 8-bit image file round trip (PNG through ImageMagick): round to 1/255."""
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
+def truncate_u8(x: torch.Tensor) -> torch.Tensor:
+    """``np.uint8(x * 255) / 255`` for x in [0, 1]: the script's truncating cast. The small
+    epsilon keeps values already on the 1/255 grid there despite float32 rounding."""
+    return torch.floor(x.clamp(0, 1) * 255 + 1e-4) / 255

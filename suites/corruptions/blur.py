@@ -1,0 +1,90 @@
+"""Blur corruptions of CIFAR-10-C: defocus, glass, motion, zoom and gaussian blur."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from suites.corruptions import _ops
+
+DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))  # radius, alias blur
+GLASS_BLUR = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))  # sigma,
+# max delta, iterations
+MOTION_BLUR = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))  # ImageMagick radius, sigma
+# The script's float aranges, kept as written: severity s averages zooms 1.00 ... 1.05*s.
+ZOOM_BLUR = tuple(tuple(np.arange(1, stop, 0.01)) for stop in (1.06, 1.11, 1.16, 1.21, 1.26))
+GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma
+
+
+def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """The script's ``disk``: an aliased disk on a 17x17 grid, normalised, then
+    cv2.GaussianBlur with a 3x3 kernel of sigma ``alias_blur``. For radius < 1 the disk is
+    one pixel, so severities 1-3 are plain 3x3 Gaussians. Trimmed to its support."""
+    grid = torch.arange(-8, 9, dtype=torch.float64)
+    disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).to(torch.float64)
+    disk /= disk.sum()
+    taps = torch.exp(-(torch.arange(-1, 2, dtype=torch.float64) ** 2) / (2 * alias_blur**2))
+    taps /= taps.sum()
+    # The disk sits in the middle of the grid, so OpenCV's border never reaches it.
+    kernel = _ops.separable(disk[None, None], taps, "mirror")[0, 0]
+    support = kernel.abs().sum(0).nonzero()
+    lo, hi = int(support.min()), int(support.max())
+    r = max(8 - lo, hi - 8)
+    return kernel[8 - r:9 + r, 8 - r:9 + r]
+
+
+def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    return _ops.correlate(x, defocus_kernel(*DEFOCUS_BLUR[severity - 1]), "mirror")
+
+
+def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Blur, truncate to uint8 (as the script does), locally shuffle pixels, blur again.
+
+    The script walks pixels bottom-right to top-left and "swaps" each with a neighbour at
+    offsets from randint(-delta, delta), i.e. -1 or 0 only (numpy excludes the upper bound).
+    Its swap ``x[a], x[b] = x[b], x[a]`` assigns numpy views, so it only copies x[b] into
+    x[a]; and since b is up or left of a, b is visited later and still holds its value from
+    before the walk. One walk is therefore one parallel gather: every interior pixel takes
+    the value of itself or its left, upper or upper-left neighbour. Severities 1-3 differ
+    only in a small blur sigma and look nearly alike."""
+    sigma, delta, iterations = GLASS_BLUR[severity - 1]
+    n, c, h, w = x.shape
+    x = _ops.truncate_u8(_ops.gaussian(x, sigma))
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    inside = (((rows > delta) & (rows <= h - delta))[:, None]
+              & ((cols > delta) & (cols <= w - delta))[None, :])
+    for _ in range(iterations):
+        dy, dx = torch.randint(-delta, delta, (2, n, h, w), generator=gen, device=x.device)
+        src_rows = torch.where(inside, rows[:, None] + dy, rows[:, None])
+        src_cols = torch.where(inside, cols[None, :] + dx, cols[None, :])
+        index = (src_rows * w + src_cols).reshape(n, 1, h * w).expand(n, c, -1)
+        x = x.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
+    return _ops.gaussian(x, sigma)
+
+
+def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """ImageMagick motion blur at a uniform random angle in [-45, 45) degrees; ImageMagick
+    writes 8-bit PNG, so the result is rounded to 1/255. Severities 3 and 4 differ only in
+    taps whose weight is below 1e-7, so they are almost equal."""
+    radius, sigma = MOTION_BLUR[severity - 1]
+    angle = torch.rand(len(x), generator=gen, device=x.device, dtype=torch.float64) * 90 - 45
+    return _ops.round_u8(_ops.motion_blur(x, radius, sigma, angle))
+
+
+def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """The mean of the image and its clipped zooms by 1.00, 1.01, ... (the script's float
+    aranges): one sparse matrix product with the cached operator."""
+    n, c, h, w = x.shape
+    operator = _ops.mean_of_zooms_operator(h, w, ZOOM_BLUR[severity - 1])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        operator = operator.to(device=x.device, dtype=x.dtype).to_sparse_csr()
+        flat = x.reshape(n * c, h * w).T
+        return (operator @ flat).T.reshape(n, c, h, w)
+
+
+def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    return _ops.gaussian(x, GAUSSIAN_BLUR[severity - 1])
