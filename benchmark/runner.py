@@ -114,6 +114,7 @@ class Runner:
             spec.build()  # fail early on bad hyper-parameters
         self._states: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._training_errors: dict[str, Exception] = {}  # fail its cells, don't retrain
+        self._architectures: dict[tuple[type, str], str] = {}
 
     # ---- identities ------------------------------------------------------------------
     def _suite_signature(self) -> dict[str, Any]:
@@ -126,13 +127,21 @@ class Runner:
         }
 
     def checkpoint_identity(self, adapter: Adapter, seed: int) -> dict[str, Any]:
-        model = adapter.prepare(self.suite.build_model())
         return {
             **self._suite_signature(),
-            "architecture": stable_hash(repr(model)),
+            "architecture": self._architecture_hash(adapter),
             "training": adapter.training_signature(),
             "seed": seed,
         }
+
+    def _architecture_hash(self, adapter: Adapter) -> str:
+        """Hash of the prepared model's structure, built once per adapter configuration:
+        building a model (e.g. DeepLabV3 with its backbone file) per cell would be wasted."""
+        config = (type(adapter), stable_hash(adapter.hparams))
+        if config not in self._architectures:
+            model = adapter.prepare(self.suite.build_model())
+            self._architectures[config] = stable_hash(repr(model))
+        return self._architectures[config]
 
     def plan(self) -> list[PlannedCell]:
         cells = []
