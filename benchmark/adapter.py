@@ -5,18 +5,30 @@ The runner calls these hooks, always in this order, and nothing else:
 Training (once per seed and training signature; skipped when the checkpoint is cached)::
 
     model = adapter.prepare(suite.build_model())   # model surgery (IBN, DSBN, ...), or no-op
-    loss  = task loss + adapter.extra_loss(model)   # each training step; None adds nothing
+    each step:
+        adapter.set_context(model, {"role": "source", <side info of the batch>})
+        loss  = task loss on the labelled source batch
+              + adapter.extra_loss(model)           # e.g. ISW's loss on stored features
+        if adapter.setting == "da":                 # unlabeled target batches, images only
+            adapter.set_context(model, {"role": "target", "domain": <target>})
+            loss += adapter.target_loss(model, x_target)   # None adds nothing
+
+Batches are shuffled across the whole source set, unless ``batch_key`` names a side-info
+field (``"camera"``, ``"domain"``): then every batch holds a single value of it (DSBN,
+camera BN). In the ``da`` setting each target domain gets its own trained model.
 
 Test time (once per cell, on a fresh copy of the trained model)::
 
     adapter.attach(model)     # remember the model and its state; calls setup(model)
+    adapter.set_context(model, stream.context)   # {"role", "domain", constant side info}
     adapter.adapt(stream)     # optional pass over the *unlabeled* target images (AdaBN)
     for x in stream:
         logits = adapter.predict(x)   # online methods (Tent) update inside predict
     adapter.reset()           # back to the state right after attach (protocols use it)
 
 A subclass overrides only the hooks it needs. Target data reaches an adapter only
-through a :class:`TargetStream`, which carries images and never labels; the runner
+through a :class:`TargetStream` (or ``target_loss`` in training), which carries images and
+side information such as a camera id, never labels; the runner
 alone holds the labels and computes every score.
 """
 
@@ -28,6 +40,8 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
+
+from benchmark.provenance import source_hash
 
 Setting = Literal["tta", "dg", "da"]
 """tta: source model adapted at test time; dg: trained on labelled source only;
@@ -56,6 +70,7 @@ class TargetStream:
         batch_size: int,
         order: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -63,6 +78,10 @@ class TargetStream:
         self._order = torch.arange(len(images)) if order is None else order.clone()
         self.batch_size = batch_size
         self.device = torch.device(device)
+        # What the adapter may know about the data besides the images: its role ("source"
+        # or "target"), the domain's name and side information constant over it (a camera
+        # id). Never labels.
+        self.context: dict[str, Any] = dict(context or {})
 
     @property
     def num_examples(self) -> int:
@@ -73,9 +92,13 @@ class TargetStream:
         return -(-self.num_examples // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for start in range(0, self.num_examples, self.batch_size):
-            index = self._order[start : start + self.batch_size]
+        for index in self.indices():
             yield self._images[index].to(self.device, non_blocking=True)
+
+    def indices(self) -> Iterator[torch.Tensor]:
+        """Dataset indices of each batch, in stream order (the runner scores with them)."""
+        for start in range(0, self.num_examples, self.batch_size):
+            yield self._order[start : start + self.batch_size]
 
 
 class Adapter:
@@ -91,6 +114,8 @@ class Adapter:
     - ``requires``: suite capabilities the method needs (e.g. ``{"camera_ids"}``); the
       runner only pairs it with suites that provide them.
     - ``tasks``: the tasks it works on.
+    - ``batch_key``: a per-sample side-information field (``DomainData.extra``) whose value
+      must be the same across each training batch, e.g. ``"camera"``; None mixes freely.
     """
 
     name: ClassVar[str] = ""  # set by the registry
@@ -99,6 +124,7 @@ class Adapter:
     changes_training: ClassVar[bool] = False
     requires: ClassVar[frozenset[str]] = frozenset()
     tasks: ClassVar[frozenset[str]] = frozenset({"classification", "segmentation"})
+    batch_key: ClassVar[str | None] = None
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -120,6 +146,22 @@ class Adapter:
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A loss term added to the task loss at every training step, or None."""
         return None
+
+    def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
+        """Side information about the next batches, in training before every forward pass and
+        at test time once per target: ``role`` ("source"/"target"), the ``domain`` name, and
+        the suite's side-information fields (batch tensors in training, constants at test
+        time). Domain-specific normalization (DSBN, camera BN) selects its branch here."""
+
+    def target_loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """``da`` setting only: a loss on one *unlabeled* target training batch (after
+        ``set_context(role="target")``), added to the step's loss; None adds nothing. A
+        forward pass here also updates target-branch statistics, as DSBN's training does."""
+        return None
+
+    def code_hash(self) -> str:
+        """Hash of the code that decides this adapter's results (its defining file)."""
+        return source_hash(type(self))
 
     def training_signature(self) -> dict[str, Any] | None:
         """What about training this adapter changes; None shares the plain source model."""

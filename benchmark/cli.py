@@ -11,6 +11,7 @@ from pathlib import Path
 from benchmark import leaderboard
 from benchmark.errors import ShiftbenchError
 from benchmark.registry import ADAPTERS, SUITES, UnknownNameError, load_builtins
+from benchmark.launchers import LAUNCHERS
 from benchmark.runner import PROTOCOLS, RunConfig, Runner, applicable
 from benchmark.specs import AdapterSpec, split_list
 
@@ -34,10 +35,33 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def resolve_adapters(text: str, suite_name: str) -> list[AdapterSpec]:
+def parse_protocols(text: str) -> list[str]:
+    protocols = split_list(text)
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise argparse.ArgumentTypeError(
+            f"unknown protocol(s) {', '.join(unknown) or text!r}; known: {', '.join(PROTOCOLS)}")
+    return list(dict.fromkeys(protocols))
+
+
+def parse_batch_sizes(text: str) -> list[int | None]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--batch-size takes a number or a list (1,4,16), got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--batch-size needs sizes >= 1, got {text!r}")
+    return list(dict.fromkeys(sizes))
+
+
+def resolve_adapters(
+    text: str, suite_name: str, test_time_only: bool = False
+) -> list[AdapterSpec]:
     suite_cls = SUITES.get(suite_name)
     if text.strip() == "all":
-        return [AdapterSpec(name) for name, cls in ADAPTERS.items() if applicable(cls, suite_cls)]
+        return [AdapterSpec(name) for name, cls in ADAPTERS.items()
+                if applicable(cls, suite_cls) and not (test_time_only and cls.changes_training)]
     specs = [AdapterSpec.parse(item) for item in split_list(text)]
     if not specs:
         raise ShiftbenchError("--adapters is empty; name adapters (a,b) or use 'all'")
@@ -52,10 +76,26 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "applies to the suite (default)")
     p.add_argument("--seeds", type=parse_seeds, default=list(range(DEFAULT_SEEDS)),
                    help="number of seeds (3 -> 0,1,2) or an explicit list (0,5,7); default 3")
-    p.add_argument("--protocol", default="episodic", choices=PROTOCOLS,
-                   help="test-time stream: episodic = reset to the source model per target")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="test batch size (default: the suite's)")
+    p.add_argument("--protocols", "--protocol", dest="protocols", type=parse_protocols,
+                   default=["episodic"], metavar="P[,P...]",
+                   help=f"test-time streams, any of {', '.join(PROTOCOLS)}: episodic = reset "
+                        "to the source model per target (default); continual = one model "
+                        "across targets in order; mixed = targets shuffled together; noniid "
+                        "= class-correlated order per target")
+    p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes",
+                   type=parse_batch_sizes, default=[None], metavar="N[,N...]",
+                   help="test batch size, or a sweep (1,4,16,64,200); default: the suite's")
+    p.add_argument("--targets", type=split_list, default=None, metavar="GLOB[,GLOB...]",
+                   help="only these target domains, e.g. '*-5' (severity 5 of a -C suite)")
+    p.add_argument("--source-checkpoint", type=Path, default=None, metavar="FILE",
+                   help="use these source-model weights (safetensors, or a torch.save state "
+                        "dict) instead of training; test-time adapters only")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel worker processes (local launcher) or Ray CPUs (default 1)")
+    p.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="local (default) or ray")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (auto, host:port); default: start Ray locally")
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="result store: cells and checkpoints (default: results/)")
     p.add_argument("--leaderboards", type=Path, default=Path("leaderboards"),
@@ -171,10 +211,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     SUITES.get(args.suite)  # unknown suite: clear error before anything else
     config = RunConfig(
-        suite=args.suite, adapters=resolve_adapters(args.adapters, args.suite),
-        seeds=args.seeds, protocol=args.protocol, batch_size=args.batch_size,
-        results=args.results, leaderboards=args.leaderboards, device=args.device,
-        data_root=args.data_root, download=args.download, progress=not args.quiet,
+        suite=args.suite,
+        adapters=resolve_adapters(args.adapters, args.suite,
+                                  test_time_only=args.source_checkpoint is not None),
+        seeds=args.seeds, protocols=args.protocols, batch_sizes=args.batch_sizes,
+        targets=args.targets, results=args.results, leaderboards=args.leaderboards,
+        device=args.device, data_root=args.data_root, download=args.download,
+        source_checkpoint=args.source_checkpoint, progress=not args.quiet,
+        workers=args.workers, launcher=args.launcher, ray_address=args.ray_address,
     )
     summary = Runner(config).run()
     print(f"\n{args.suite}: {summary.done} cells computed, {summary.skipped} reused, "

@@ -2,8 +2,14 @@
 
 A *cell* is one (suite, adapter + hyper-parameters, protocol, batch size, seed, domain).
 Its key is a hash of everything that decides its number; a cell already stored as done is
-never recomputed, so a re-run resumes where a killed run stopped. The runner knows no
-adapter or suite by name: it gets classes from the registries and calls the protocol hooks.
+never recomputed, so a re-run resumes where a killed run stopped. Cells are computed in
+*jobs*: one cell per job, except for the ``continual`` and ``mixed`` protocols, where one
+model adapts across all targets and the job yields a cell per target. Jobs are independent,
+so a launcher (benchmark.launchers) may run them in worker processes or Ray tasks; they
+meet only in the result store, through atomic writes and file locks.
+
+The runner knows no adapter or suite by name: it gets classes from the registries and calls
+the protocol hooks (benchmark.adapter).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +33,24 @@ from tqdm.auto import tqdm
 from benchmark import leaderboard
 from benchmark.adapter import Adapter, TargetStream
 from benchmark.errors import ShiftbenchError
-from benchmark.provenance import describe_device, source_hash, versions
-from benchmark.registry import ADAPTERS, SUITES
+from benchmark.metrics import Metric
+from benchmark.protocols import (
+    DEFAULT_PARAMS,
+    PROTOCOLS,
+    SEQUENTIAL,
+    ConcatImages,
+    check_protocol,
+    dirichlet_order,
+    mixed_order,
+)
+from benchmark.provenance import describe_device, versions
+from benchmark.registry import SUITES
 from benchmark.specs import AdapterSpec
 from benchmark.store import ResultStore, file_sha256, stable_hash
-from benchmark.suite import Suite
+from benchmark.suite import DomainData, Suite
 from benchmark.training import seed_everything, train_source
 
-PROTOCOLS = ("episodic",)
+__all__ = ["PROTOCOLS", "RunConfig", "RunSummary", "Runner", "applicable"]
 
 
 @dataclass
@@ -41,14 +58,19 @@ class RunConfig:
     suite: str
     adapters: list[AdapterSpec]
     seeds: list[int]
-    protocol: str = "episodic"
-    batch_size: int | None = None  # None: the suite's eval batch size
+    protocols: list[str] = field(default_factory=lambda: ["episodic"])
+    batch_sizes: list[int | None] = field(default_factory=lambda: [None])  # None: suite's
+    targets: list[str] | None = None  # glob patterns selecting target domains; None: all
     results: Path = Path("results")
     leaderboards: Path = Path("leaderboards")
     device: str = "cpu"
     data_root: Path | None = None
     download: bool = False
+    source_checkpoint: Path | None = None  # the user's trained source weights
     progress: bool = True
+    workers: int = 1
+    launcher: str = "local"
+    ray_address: str | None = None
 
 
 @dataclass
@@ -59,6 +81,15 @@ class RunSummary:
     failures: list[str] = field(default_factory=list)
     board: pd.DataFrame | None = None
     paths: list[Path] = field(default_factory=list)
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record["status"] == "done":
+            self.done += 1
+        else:
+            self.failed += 1
+            self.failures.append(f"{record['label']} {record['protocol']} "
+                                 f"bs={record['batch_size']} seed={record['seed']} "
+                                 f"{record['domain']}: {record['error']}")
 
 
 @dataclass(frozen=True)
@@ -71,9 +102,30 @@ class PlannedCell:
     identity: dict[str, Any]
 
 
-def applicable(adapter_cls: type[Adapter], suite_cls: type[Suite]) -> bool:
+@dataclass(frozen=True)
+class Job:
+    """Cells computed together: one, or every target of a continual/mixed stream."""
+
+    spec: AdapterSpec
+    seed: int
+    protocol: str
+    params: dict[str, Any]
+    batch_size: int
+    cells: tuple[PlannedCell, ...]
+
+    @property
+    def key(self) -> str:
+        return stable_hash([c.key for c in self.cells])
+
+    def describe(self) -> str:
+        where = self.cells[0].domain if len(self.cells) == 1 else f"{len(self.cells)} targets"
+        return f"{self.spec.display} {self.protocol} bs={self.batch_size} " \
+               f"seed={self.seed} {where}"
+
+
+def applicable(adapter: type[Adapter] | Adapter, suite_cls: type[Suite]) -> bool:
     """Whether an adapter can run on a suite: the suite's task, and what the adapter needs."""
-    return suite_cls.task in adapter_cls.tasks and adapter_cls.requires <= suite_cls.provides
+    return suite_cls.task in adapter.tasks and adapter.requires <= suite_cls.provides
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,28 +145,49 @@ def peak_memory_mb(device: torch.device) -> float:
 
 class Runner:
     def __init__(self, config: RunConfig) -> None:
-        if config.protocol not in PROTOCOLS:
-            raise ShiftbenchError(
-                f"unknown protocol {config.protocol!r}; known: {', '.join(PROTOCOLS)}"
-            )
+        for protocol in config.protocols:
+            check_protocol(protocol)
+        if not config.protocols or not config.batch_sizes or not config.seeds:
+            raise ShiftbenchError("a run needs at least one protocol, batch size and seed")
         self.config = config
         self.device = resolve_device(config.device)
         self.suite: Suite = SUITES.get(config.suite)(root=config.data_root,
                                                       download=config.download)
         self.store = ResultStore(config.results)
-        self.batch_size = config.batch_size or self.suite.eval_batch_size
+        self.targets = self._select_targets(config.targets)
         for spec in config.adapters:
-            cls = ADAPTERS.get(spec.name)
-            if not applicable(cls, type(self.suite)):
+            adapter = spec.build()  # fails early on bad hyper-parameters
+            if not applicable(adapter, type(self.suite)):
                 raise ShiftbenchError(
-                    f"adapter {spec.name!r} does not apply to suite {self.suite.name!r} "
-                    f"(needs task in {sorted(cls.tasks)} and {sorted(cls.requires)}; the suite "
-                    f"is {self.suite.task} and provides {sorted(self.suite.provides)})"
+                    f"adapter {spec.display!r} does not apply to suite {self.suite.name!r} "
+                    f"(needs task in {sorted(adapter.tasks)} and {sorted(adapter.requires)}; "
+                    f"the suite is {self.suite.task} and provides "
+                    f"{sorted(self.suite.provides)})"
                 )
-            spec.build()  # fail early on bad hyper-parameters
+            if adapter.setting.startswith("da") and set(config.protocols) & SEQUENTIAL:
+                raise ShiftbenchError(
+                    f"adapter {spec.display!r} trains on each target's unlabeled data "
+                    "(setting da), so it has one model per target; the continual and mixed "
+                    "protocols run one model across targets -- use episodic or noniid"
+                )
+            if config.source_checkpoint is not None and adapter.changes_training:
+                raise ShiftbenchError(
+                    f"adapter {spec.display!r} changes training, but --source-checkpoint "
+                    "provides a plain source model; run it without --source-checkpoint"
+                )
         self._states: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
         self._training_errors: dict[str, Exception] = {}  # fail its cells, don't retrain
-        self._architectures: dict[tuple[type, str], str] = {}
+        self._architectures: dict[tuple[str, str], str] = {}
+        self._user_weights: tuple[dict[str, torch.Tensor], str] | None = None
+
+    def _select_targets(self, patterns: list[str] | None) -> tuple[str, ...]:
+        if not patterns:
+            return tuple(self.suite.targets)
+        chosen = tuple(t for t in self.suite.targets if any(fnmatch(t, p) for p in patterns))
+        if not chosen:
+            raise ShiftbenchError(f"--targets {','.join(patterns)} matches none of "
+                                  f"{self.suite.name}'s targets ({', '.join(self.suite.targets)})")
+        return chosen
 
     # ---- identities ------------------------------------------------------------------
     def _suite_signature(self) -> dict[str, Any]:
@@ -126,120 +199,232 @@ class Runner:
             "torch": torch.__version__,
         }
 
-    def checkpoint_identity(self, adapter: Adapter, seed: int) -> dict[str, Any]:
-        return {
-            **self._suite_signature(),
+    def batch_size(self, requested: int | None) -> int:
+        return requested or self.suite.eval_batch_size
+
+    def training_target(self, adapter: Adapter, domain: str) -> str | None:
+        """The target whose unlabeled data a ``da`` adapter trains with for this cell: the
+        cell's own; for the source-domain row, the first target of the run."""
+        if not adapter.setting.startswith("da"):
+            return None
+        return self.targets[0] if domain == self.suite.source else domain
+
+    def checkpoint_identity(
+        self, adapter: Adapter, seed: int, target: str | None = None
+    ) -> dict[str, Any]:
+        """What decides a trained source model. It names the source *data*, not the suite,
+        so suites sharing a source domain and recipe (digits, digits-c) share checkpoints."""
+        if self.config.source_checkpoint is not None:
+            return {"user_weights": self._load_user_weights()[1],
+                    "architecture": self._architecture_hash(adapter)}
+        identity: dict[str, Any] = {
+            "source_data": self.suite.source_fingerprint(),
+            "num_classes": self.suite.num_classes,
+            "recipe": self.suite.recipe.as_dict(),
+            "torch": torch.__version__,
             "architecture": self._architecture_hash(adapter),
             "training": adapter.training_signature(),
             "seed": seed,
         }
+        if target is not None:
+            identity["target"] = {"domain": target,
+                                  "data": self.suite.load(target, "train").digest()}
+        return identity
 
     def _architecture_hash(self, adapter: Adapter) -> str:
         """Hash of the prepared model's structure, built once per adapter configuration:
         building a model (e.g. DeepLabV3 with its backbone file) per cell would be wasted."""
-        config = (type(adapter), stable_hash(adapter.hparams))
+        config = (adapter.label(), stable_hash(adapter.training_signature()))
         if config not in self._architectures:
             model = adapter.prepare(self.suite.build_model())
             self._architectures[config] = stable_hash(repr(model))
         return self._architectures[config]
 
-    def plan(self) -> list[PlannedCell]:
-        cells = []
+    def _load_user_weights(self) -> tuple[dict[str, torch.Tensor], str]:
+        if self._user_weights is None:
+            from benchmark.weights import load_state_dict_file
+
+            path = Path(self.config.source_checkpoint)  # type: ignore[arg-type]
+            self._user_weights = (load_state_dict_file(path), file_sha256(path))
+        return self._user_weights
+
+    def _protocol_params(self, protocol: str, seed: int) -> dict[str, Any]:
+        params = dict(DEFAULT_PARAMS[protocol])
+        if protocol in SEQUENTIAL:
+            params["order"] = list(self.targets)  # the stream's recorded target order
+        if protocol in ("mixed", "noniid"):
+            params["shuffle_seed"] = seed
+        return params
+
+    def plan_jobs(self) -> list[Job]:
+        jobs = []
         for seed in self.config.seeds:
             for spec in self.config.adapters:
                 adapter = spec.build()
-                checkpoint_key = stable_hash(self.checkpoint_identity(adapter, seed))
-                for domain in self.suite.domains:
-                    identity = {
-                        **self._suite_signature(),
-                        "checkpoint": checkpoint_key,
-                        "adapter": adapter.name,
-                        "hparams": adapter.hparams,
-                        "adapter_code": source_hash(type(adapter)),
-                        "protocol": self.config.protocol,
-                        "protocol_params": {},
-                        "batch_size": self.batch_size,
-                        "seed": seed,
-                        "domain": domain,
-                    }
-                    role = "source" if domain == self.suite.source else "target"
-                    cells.append(PlannedCell(spec, seed, domain, role, stable_hash(identity),
-                                             identity))
-        return cells
+                for protocol in self.config.protocols:
+                    params = self._protocol_params(protocol, seed)
+                    for requested in self.config.batch_sizes:
+                        bs = self.batch_size(requested)
+                        cells = [self._plan_cell(spec, adapter, seed, protocol, params, bs, d)
+                                 for d in (self.suite.source, *self.targets)]
+                        source_cell, target_cells = cells[0], cells[1:]
+                        jobs.append(Job(spec, seed, protocol, params, bs, (source_cell,)))
+                        if protocol in SEQUENTIAL:
+                            jobs.append(Job(spec, seed, protocol, params, bs,
+                                            tuple(target_cells)))
+                        else:
+                            jobs += [Job(spec, seed, protocol, params, bs, (c,))
+                                     for c in target_cells]
+        return jobs
+
+    def plan(self) -> list[PlannedCell]:
+        return [cell for job in self.plan_jobs() for cell in job.cells]
+
+    def _plan_cell(self, spec: AdapterSpec, adapter: Adapter, seed: int, protocol: str,
+                   params: dict[str, Any], batch_size: int, domain: str) -> PlannedCell:
+        checkpoint = stable_hash(self.checkpoint_identity(
+            adapter, seed, self.training_target(adapter, domain)))
+        identity = {
+            **self._suite_signature(),
+            "checkpoint": checkpoint,
+            "adapter": adapter.name,
+            "hparams": adapter.hparams,
+            "adapter_code": adapter.code_hash(),
+            "protocol": protocol,
+            # the source row is always its own episode in natural order
+            "protocol_params": params if domain != self.suite.source else {},
+            "batch_size": batch_size,
+            "seed": seed,
+            "domain": domain,
+        }
+        role = "source" if domain == self.suite.source else "target"
+        return PlannedCell(spec, seed, domain, role, stable_hash(identity), identity)
 
     # ---- running ---------------------------------------------------------------------
     def run(self) -> RunSummary:
+        from benchmark.launchers import launch
+
         summary = RunSummary()
-        planned = self.plan()
-        bar = tqdm(total=len(planned), desc=f"{self.suite.name} cells", unit="cell",
-                   disable=not self.config.progress)
-        for cell in planned:
-            bar.set_postfix_str(f"{cell.spec.name} seed={cell.seed} {cell.domain}", refresh=False)
-            stored = self.store.load_cell(self.suite.name, cell.key)
-            if stored is not None and stored["status"] == "done":
-                summary.skipped += 1
+        jobs = self.plan_jobs()
+        total = sum(len(job.cells) for job in jobs)
+        pending = []
+        for job in jobs:
+            if self.job_is_done(job):
+                summary.skipped += len(job.cells)
             else:
-                record = self._run_cell(cell)
-                self.store.save_cell(record)
-                if record["status"] == "done":
-                    summary.done += 1
+                pending.append(job)
+        bar = tqdm(total=total, initial=summary.skipped, desc=f"{self.suite.name} cells",
+                   unit="cell", disable=not self.config.progress, position=0)
+
+        def on_records(records: list[dict[str, Any]]) -> None:
+            for record in records:
+                if record.get("status") == "skipped":  # done meanwhile by a concurrent run
+                    summary.skipped += 1
                 else:
-                    summary.failed += 1
-                    summary.failures.append(
-                        f"{record['label']} seed={cell.seed} {cell.domain}: {record['error']}"
-                    )
-            bar.update(1)
-        bar.close()
-        board, paths = leaderboard.write(
-            self.suite, self.store, self.config.leaderboards,
-            current_keys={c.key for c in planned},
-            suite_signature=stable_hash(self._suite_signature()),
-        )
-        summary.board, summary.paths = board, paths
+                    summary.add(record)
+            bar.update(len(records))
+            bar.set_postfix(done=summary.done, failed=summary.failed,
+                            skipped=summary.skipped, refresh=False)
+
+        try:
+            launch(self, pending, on_records)
+        finally:
+            bar.close()
+        summary.board, summary.paths = self.write_leaderboard()
         return summary
 
+    def write_leaderboard(self) -> tuple[pd.DataFrame, list[Path]]:
+        with self.store.lock(self.config.leaderboards / f".{self.suite.name}"):
+            return leaderboard.write(
+                self.suite, self.store, self.config.leaderboards,
+                current_keys={c.key for c in self.plan()},
+                suite_signature=stable_hash(self._suite_signature()),
+            )
+
+    def job_is_done(self, job: Job) -> bool:
+        for cell in job.cells:
+            stored = self.store.load_cell(self.suite.name, cell.key)
+            if stored is None or stored["status"] != "done":
+                return False
+        return True
+
+    def execute(self, job: Job, position: int = 0) -> list[dict[str, Any]]:
+        """Compute a job's cells and store them; returns their records. Safe to call from
+        several processes at once: a lock per job makes the second caller find it done."""
+        with self.store.lock(self.store.cell_path(self.suite.name, job.key).with_suffix("")):
+            if self.job_is_done(job):
+                return [{"status": "skipped"} for _ in job.cells]
+            records = self._run_job(job, position)
+            for record in records:
+                if record["status"] == "failed":
+                    record["traceback_file"] = str(self.store.save_traceback(
+                        self.suite.name, record["key"], record["traceback"]))
+                self.store.save_cell(record)
+            return records
+
     def _source_state(
-        self, adapter: Adapter, seed: int
+        self, adapter: Adapter, seed: int, target: str | None, position: int = 0
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The trained source model for this seed and training signature: from memory, from
-        the checkpoint store, or trained now and stored."""
-        identity = self.checkpoint_identity(adapter, seed)
+        """The trained source model for this seed, training signature and (da) target: from
+        memory, from the checkpoint store, from the user's file, or trained now and stored."""
+        identity = self.checkpoint_identity(adapter, seed, target)
         key = stable_hash(identity)
         if key in self._states:
             return self._states[key]
         if key in self._training_errors:
             raise self._training_errors[key]
         try:
-            return self._load_or_train(adapter, seed, identity, key)
+            if self.config.source_checkpoint is not None:
+                state = self._user_state(adapter)
+                info = {"key": key, "trained_now": False,
+                        "file": str(self.config.source_checkpoint),
+                        "sha256": self._load_user_weights()[1]}
+                self._states[key] = (state, info)
+                return self._states[key]
+            # One process trains, concurrent ones wait and then load its file.
+            with self.store.lock(self.store.checkpoint_path(key)):
+                return self._load_or_train(adapter, seed, target, identity, key, position)
         except Exception as exc:
             self._training_errors[key] = exc
             raise
 
+    def _user_state(self, adapter: Adapter) -> dict[str, torch.Tensor]:
+        from benchmark.weights import check_compatible
+
+        state = self._load_user_weights()[0]
+        check_compatible(adapter.prepare(self.suite.build_model()), state)
+        return state
+
     def _load_or_train(
-        self, adapter: Adapter, seed: int, identity: dict[str, Any], key: str
+        self, adapter: Adapter, seed: int, target: str | None, identity: dict[str, Any],
+        key: str, position: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        state = self.store.load_checkpoint(self.suite.name, key)
+        state = self.store.load_checkpoint(key)
         info: dict[str, Any] = {"key": key, "trained_now": state is None}
         if state is None:
             trainer = adapter if adapter.changes_training else Adapter()
             seed_everything(seed)
             model = trainer.prepare(self.suite.build_model())
+            unlabeled = None
+            if target is not None:  # images only: target labels never reach training
+                unlabeled = (target, self.suite.load(target, "train").images)
             info["training"] = train_source(
                 model, self.suite.load(self.suite.source, "train"), self.suite.recipe, seed,
                 trainer, self.device, progress=self.config.progress,
-                description=f"train {self.suite.name} seed={seed}",
+                description=f"train {self.suite.source} seed={seed}"
+                            + (f" +{target}" if target else ""),
+                target=unlabeled, position=position,
             )
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             meta = {"identity": stable_hash(identity), "seed": str(seed),
-                    "suite": self.suite.name, **{k: str(v) for k, v in versions().items()}}
-            self.store.save_checkpoint(self.suite.name, key, state, meta)
-        info["sha256"] = file_sha256(self.store.checkpoint_path(self.suite.name, key))
+                    "source": self.suite.source, **{k: str(v) for k, v in versions().items()}}
+            self.store.save_checkpoint(key, state, meta)
+        info["sha256"] = file_sha256(self.store.checkpoint_path(key))
         self._states[key] = (state, info)
         return state, info
 
-    def _run_cell(self, cell: PlannedCell) -> dict[str, Any]:
-        adapter = cell.spec.build()
-        record: dict[str, Any] = {
+    def _base_record(self, adapter: Adapter, job: Job, cell: PlannedCell) -> dict[str, Any]:
+        return {
             "key": cell.key,
             "suite": self.suite.name,
             "adapter": adapter.name,
@@ -247,9 +432,9 @@ class Runner:
             "hparams": adapter.hparams,
             "adapter_code": cell.identity["adapter_code"],
             "setting": adapter.setting,
-            "protocol": self.config.protocol,
+            "protocol": job.protocol,
             "protocol_params": cell.identity["protocol_params"],
-            "batch_size": self.batch_size,
+            "batch_size": job.batch_size,
             "seed": cell.seed,
             "domain": cell.domain,
             "role": cell.role,
@@ -261,55 +446,100 @@ class Runner:
             "versions": versions(),
             "device": describe_device(self.device),
         }
-        try:
-            state, checkpoint = self._source_state(adapter, cell.seed)
-            record["checkpoint"] = checkpoint
-            record.update(self._evaluate(adapter, state, cell))
-            record["status"] = "done"
-        except Exception as exc:  # a failing adapter is a failed cell, never a crashed run
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc())
-        record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        return record
 
+    def _run_job(self, job: Job, position: int = 0) -> list[dict[str, Any]]:
+        adapter = job.spec.build()
+        records = [self._base_record(adapter, job, cell) for cell in job.cells]
+        try:
+            target = self.training_target(adapter, job.cells[0].domain)
+            state, checkpoint = self._source_state(adapter, job.seed, target, position)
+            for record in records:
+                record["checkpoint"] = checkpoint
+            results = self._evaluate(adapter, state, job)
+            for record, result in zip(records, results, strict=True):
+                record.update(result)
+                record["status"] = "done"
+        except Exception as exc:  # a failing adapter is a failed cell, never a crashed run
+            for record in records:
+                record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                              traceback=traceback.format_exc())
+        finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for record in records:
+            record["finished_at"] = finished
+        return records
+
+    # ---- evaluation ------------------------------------------------------------------
     def _evaluate(
-        self, adapter: Adapter, state: dict[str, torch.Tensor], cell: PlannedCell
-    ) -> dict[str, Any]:
-        seed_everything(cell.seed)
+        self, adapter: Adapter, state: dict[str, torch.Tensor], job: Job
+    ) -> list[dict[str, Any]]:
+        seed_everything(job.seed)
         model = adapter.prepare(self.suite.build_model())
         model.load_state_dict(state)
         model.to(self.device)
-        data = self.suite.load(cell.domain, "test")
-        stream = TargetStream(data.images, self.batch_size, device=self.device)
-        metric = self.suite.make_metric()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        clock = _Clock(self.device)
+        clock(adapter.attach, model)
+        if job.protocol == "mixed" and len(job.cells) > 1:
+            return self._evaluate_mixed(adapter, model, job, clock)
+        results = []
+        for cell in job.cells:  # continual: no reset between targets
+            data = self.suite.load(cell.domain, "test")
+            order = None
+            if job.protocol == "noniid" and cell.role == "target":
+                order = dirichlet_order(data.labels, job.params["alpha"], job.params["slots"],
+                                        job.params["shuffle_seed"])
+            stream = TargetStream(data.images, job.batch_size, order, self.device,
+                                  context=self._context(cell, data))
+            clock.elapsed = 0.0
+            clock(adapter.set_context, model, stream.context)
+            clock(adapter.adapt, stream)
+            metric, curve = self.suite.make_metric(), []
+            for x, index in zip(stream, stream.indices(), strict=True):
+                logits = clock(adapter.predict, x)
+                _check_logits(logits, x)
+                metric.update(logits, data.labels[index])
+                if job.protocol == "continual":
+                    curve.append(_running_score(metric))
+            result = self._result(metric, stream.num_examples, clock.elapsed)
+            if job.protocol == "continual":
+                result["curve"] = curve
+                result["stream_position"] = self.targets.index(cell.domain) \
+                    if cell.role == "target" else -1
+            results.append(result)
+        return results
 
-        elapsed = 0.0
+    def _evaluate_mixed(
+        self, adapter: Adapter, model: torch.nn.Module, job: Job, clock: _Clock
+    ) -> list[dict[str, Any]]:
+        data = [self.suite.load(cell.domain, "test") for cell in job.cells]
+        domain, local = mixed_order([len(d) for d in data], job.params["shuffle_seed"])
+        images = ConcatImages([d.images for d in data], domain, local)
+        stream = TargetStream(images, job.batch_size, None, self.device,
+                              context={"role": "target", "domain": "mixed"})
+        clock(adapter.set_context, model, stream.context)
+        clock(adapter.adapt, stream)
+        metrics = [self.suite.make_metric() for _ in data]
+        for x, index in zip(stream, stream.indices(), strict=True):
+            logits = clock(adapter.predict, x)
+            _check_logits(logits, x)
+            for d in domain[index].unique().tolist():
+                where = domain[index] == d
+                metrics[d].update(logits[where], data[d].labels[local[index][where]])
+        # timing is shared by the whole stream; each target gets its share by size
+        return [self._result(m, len(d), clock.elapsed * len(d) / len(domain))
+                for m, d in zip(metrics, data, strict=True)]
 
-        def timed(fn: Callable[..., Any], *args: Any) -> Any:
-            nonlocal elapsed
-            start = time.perf_counter()
-            out = fn(*args)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            elapsed += time.perf_counter() - start
-            return out
+    def _context(self, cell: PlannedCell, data: DomainData) -> dict[str, Any]:
+        """What an adapter may know besides the images: role, domain name, and side
+        information that is constant over the split (a camera id). Never labels."""
+        context: dict[str, Any] = {"role": cell.role, "domain": cell.domain}
+        for name, values in data.extra.items():
+            if len(values) and bool((values == values[0]).all()):
+                context[name] = values[0].item()
+        return context
 
-        timed(adapter.attach, model)
-        timed(adapter.adapt, stream)
-        offset = 0
-        for x in stream:
-            logits = timed(adapter.predict, x)
-            if not isinstance(logits, torch.Tensor) or len(logits) != len(x):
-                raise ValueError(
-                    f"predict returned {type(logits).__name__} of length "
-                    f"{len(logits) if hasattr(logits, '__len__') else '?'} for a batch of {len(x)}"
-                )
-            if not torch.isfinite(logits).all():
-                raise FloatingPointError("adapter produced non-finite predictions (NaN/inf)")
-            metric.update(logits, data.labels[offset : offset + len(x)])
-            offset += len(x)
+    def _result(self, metric: Metric, n: int, elapsed: float) -> dict[str, Any]:
         results = metric.result()
         score = results.pop("score")
         if not math.isfinite(score):
@@ -317,8 +547,38 @@ class Runner:
         return {
             "score": score,
             "metrics": results,
-            "n_examples": stream.num_examples,
+            "n_examples": n,
             "adapt_s": elapsed,
-            "img_per_s": stream.num_examples / elapsed if elapsed > 0 else math.inf,
+            "img_per_s": n / elapsed if elapsed > 0 else math.inf,
             "peak_mb": peak_memory_mb(self.device),
         }
+
+
+class _Clock:
+    """Times only the adapter's own calls (not data loading or scoring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.elapsed = device, 0.0
+
+    def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.elapsed += time.perf_counter() - start
+        return out
+
+
+def _check_logits(logits: Any, x: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or len(logits) != len(x):
+        raise ValueError(
+            f"predict returned {type(logits).__name__} of length "
+            f"{len(logits) if hasattr(logits, '__len__') else '?'} for a batch of {len(x)}"
+        )
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError("adapter produced non-finite predictions (NaN/inf)")
+
+
+def _running_score(metric: Metric) -> float:
+    return float(metric.result()["score"])
+

@@ -19,14 +19,34 @@ _FILE_SPEC = re.compile(r"^\s*(.+\.py:[^()]*?)\s*(?:\((.*)\))?\s*$")
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """An adapter name plus hyper-parameter overrides; hashable, so usable as a dict key."""
+    """An adapter name plus hyper-parameter overrides; hashable, so usable as a dict key.
+
+    ``then`` is the test-time part of a composition ``train_part+test_part``
+    (benchmark.compose)."""
 
     name: str
     overrides: tuple[tuple[str, Any], ...] = ()
+    then: AdapterSpec | None = None
 
     @classmethod
     def parse(cls, text: str) -> AdapterSpec:
-        """A registered name, or a file adapter (loaded and registered now, under its name)."""
+        """A registered name, or a file adapter (loaded and registered now, under its name),
+        or two of them joined by ``+`` (a training-time then a test-time adapter)."""
+        parts = _split_top_level(text, "+")
+        if len(parts) > 2:
+            raise ValueError(f"cannot parse adapter {text!r}: compose at most two adapters, "
+                             "a training-time one and a test-time one (ibn_a+tent)")
+        if len(parts) == 2:
+            first, second = (cls._parse_single(part) for part in parts)
+            return cls(first.name, first.overrides, second)
+        return cls._parse_single(text)
+
+    @property
+    def display(self) -> str:
+        return self.name if self.then is None else f"{self.name}+{self.then.display}"
+
+    @classmethod
+    def _parse_single(cls, text: str) -> AdapterSpec:
         file_match = _FILE_SPEC.match(text) if is_file_reference(text) else None
         if file_match:
             reference, inner = file_match.groups()
@@ -46,7 +66,12 @@ class AdapterSpec:
         return cls(name, tuple(sorted(overrides.items())))
 
     def build(self) -> Adapter:
-        return ADAPTERS.get(self.name)(**dict(self.overrides))
+        adapter = ADAPTERS.get(self.name)(**dict(self.overrides))
+        if self.then is None:
+            return adapter
+        from benchmark.compose import Composite
+
+        return Composite(adapter, self.then.build())
 
 
 def _literal(text: str) -> Any:
@@ -58,11 +83,15 @@ def _literal(text: str) -> Any:
 
 def split_list(text: str) -> list[str]:
     """Split ``a,b(x=1,y=2),c`` on the commas that are not inside parentheses."""
+    return _split_top_level(text, ",")
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
     items, depth, current = [], 0, ""
     for ch in text:
         depth += ch == "("
         depth -= ch == ")"
-        if ch == "," and depth == 0:
+        if ch == separator and depth == 0:
             items.append(current)
             current = ""
         else:

@@ -3,11 +3,16 @@
 Layout under the results root::
 
     cells/<suite>/<cell key>.json                  # a finished cell (status done or failed)
-    checkpoints/<suite>/<checkpoint key>.safetensors
+    failures/<suite>/<cell key>.txt                # the traceback of a failed cell
+    checkpoints/<checkpoint key>.safetensors       # shared by suites with one source domain
+    locks/...                                      # file locks of concurrent runs/workers
 
 A key is a hash of what decides the result (never paths or devices). Every file is
 written to a temporary name in the same directory and renamed into place, so a file
 either exists whole or not at all: a run killed at any moment leaves no half cell.
+Processes that share a results directory (workers, Ray tasks, concurrent runs) coordinate
+with file locks (``filelock``): one trains a checkpoint while the others wait for it, and
+a job is computed once. A lock dies with its process, so kill -9 leaves none held.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 
@@ -105,12 +111,30 @@ class ResultStore:
             )
             return None
 
-    # ---- checkpoints -----------------------------------------------------------------
-    def checkpoint_path(self, suite: str, key: str) -> Path:
-        return self.root / "checkpoints" / suite / f"{key}.safetensors"
+    def save_traceback(self, suite: str, key: str, text: str) -> Path:
+        path = self.root / "failures" / suite / f"{key}.txt"
+        atomic_write_text(path, text)
+        return path
 
-    def load_checkpoint(self, suite: str, key: str) -> dict[str, torch.Tensor] | None:
-        path = self.checkpoint_path(suite, key)
+    # ---- locks -----------------------------------------------------------------------
+    def lock(self, path: Path) -> FileLock:
+        """An inter-process lock for the file or job at ``path`` (kept beside it in
+        ``locks/``, relative to the results root when ``path`` is inside it)."""
+        path = Path(path)
+        try:
+            relative = path.resolve().relative_to(self.root.resolve())
+            lock_path = self.root / "locks" / f"{relative}.lock"
+        except ValueError:  # e.g. the leaderboards directory
+            lock_path = path.parent / f"{path.name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(lock_path)
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def checkpoint_path(self, key: str) -> Path:
+        return self.root / "checkpoints" / f"{key}.safetensors"
+
+    def load_checkpoint(self, key: str) -> dict[str, torch.Tensor] | None:
+        path = self.checkpoint_path(key)
         if not path.exists():
             return None
         try:
@@ -124,9 +148,9 @@ class ResultStore:
             return None
 
     def save_checkpoint(
-        self, suite: str, key: str, state: dict[str, torch.Tensor], metadata: dict[str, str]
+        self, key: str, state: dict[str, torch.Tensor], metadata: dict[str, str]
     ) -> Path:
-        path = self.checkpoint_path(suite, key)
+        path = self.checkpoint_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)

@@ -87,6 +87,7 @@ class Suite:
         self.root = Path(root) if root is not None else None
         self.download = download
         self._fingerprint: str | None = None
+        self._source_fingerprint: str | None = None
 
     # ---- what a subclass implements -----------------------------------------------------
     def load(self, domain: str, split: Split) -> DomainData:
@@ -112,6 +113,22 @@ class Suite:
                     h.update(f"{domain}/{split}:{self.load(domain, split).digest()}".encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def target_factors(self) -> dict[str, dict[str, Any]]:
+        """What varies across the targets, per target domain, e.g. ``{"fog-3": {"corruption":
+        "fog", "severity": 3}}``; empty when the targets are not a factor grid. Suites whose
+        targets carry ``corruption`` and ``severity`` get corruption columns on their
+        leaderboard (mean error, mCE, per corruption and per severity; see
+        benchmark.leaderboard)."""
+        return {}
+
+    def source_fingerprint(self) -> str:
+        """A hash of the source domain's training split (what a source model learns from):
+        suites that share it, and their recipe, share trained checkpoints."""
+        if self._source_fingerprint is None:
+            digest = self.load(self.source, "train").digest()
+            self._source_fingerprint = f"{self.source}:{digest}"
+        return self._source_fingerprint
 
     @classmethod
     def summary(cls) -> str:

@@ -48,6 +48,41 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
+def _batches(
+    data: DomainData, batch_size: int, batch_key: str | None, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One epoch of index batches: a shuffled split of everything, or, with a ``batch_key``,
+    shuffled batches each drawn from a single value of that side-information field."""
+    if batch_key is None:
+        order = torch.randperm(len(data), generator=generator)
+        return list(order.split(batch_size))
+    if batch_key not in data.extra:
+        raise ValueError(f"the adapter needs single-{batch_key!r} batches, but the source "
+                         f"data has no {batch_key!r} field (has {sorted(data.extra)})")
+    values = data.extra[batch_key]
+    batches: list[torch.Tensor] = []
+    for value in values.unique():
+        members = (values == value).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        batches += list(members.split(batch_size))
+    shuffle = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in shuffle]
+
+
+class _UnlabeledBatches:
+    """Endless shuffled batches of unlabeled target images (``da`` training)."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, generator: torch.Generator):
+        self.images, self.batch_size, self.generator = images, batch_size, generator
+        self._pending: list[torch.Tensor] = []
+
+    def next(self) -> torch.Tensor:
+        if not self._pending:
+            order = torch.randperm(len(self.images), generator=self.generator)
+            self._pending = list(order.split(self.batch_size))
+        return self.images[self._pending.pop(0)]
+
+
 def train_source(
     model: nn.Module,
     data: DomainData,
@@ -57,35 +92,53 @@ def train_source(
     device: torch.device,
     progress: bool = True,
     description: str = "train",
+    target: tuple[str, torch.Tensor] | None = None,
+    position: int = 0,
 ) -> dict[str, Any]:
     """Train ``model`` (already passed through ``adapter.prepare``) on labelled source data.
 
-    Deterministic for a seed on CPU: initialization was seeded by the caller, batch order
-    and augmentation come from a generator seeded here.
+    ``target`` is (domain name, unlabeled images) for the ``da`` setting: each step then
+    also passes one target batch through ``adapter.target_loss``. Target labels are never
+    given here. Deterministic for a seed on CPU: initialization was seeded by the caller,
+    batch order and augmentation come from generators seeded here.
     """
     generator = torch.Generator().manual_seed(seed)
+    target_batches = (
+        _UnlabeledBatches(target[1], recipe.batch_size,
+                          torch.Generator().manual_seed(seed + 7919))
+        if target is not None else None
+    )
     model.to(device).train()
     optimizer = _optimizer(model, recipe)
-    steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
-    total = recipe.epochs * steps_per_epoch
+    epochs = [_batches(data, recipe.batch_size, adapter.batch_key, generator)]
+    total = recipe.epochs * len(epochs[0])
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
         if recipe.schedule == "cosine" else None
     )
     start = time.perf_counter()
     last_loss = math.nan
-    bar = tqdm(total=total, desc=description, leave=False, disable=not progress, unit="step")
-    for _ in range(recipe.epochs):
-        order = torch.randperm(len(data), generator=generator)
-        for i in range(steps_per_epoch):
-            index = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
+    bar = tqdm(total=total, desc=description, leave=False, disable=not progress, unit="step",
+               position=position)
+    for epoch in range(recipe.epochs):
+        if epoch > 0:
+            epochs.append(_batches(data, recipe.batch_size, adapter.batch_key, generator))
+        for index in epochs[-1]:
             x = _augment(data.images[index], recipe.augment, generator).to(device)
             y = data.labels[index].to(device)
+            adapter.set_context(model, {"role": "source",
+                                        **{k: v[index] for k, v in data.extra.items()}})
             # 255 marks unlabelled pixels in segmentation labels; no class uses it.
             loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
             extra = adapter.extra_loss(model)
             if extra is not None:
                 loss = loss + extra
+            if target_batches is not None and target is not None:
+                adapter.set_context(model, {"role": "target", "domain": target[0]})
+                x_target = _augment(target_batches.next(), recipe.augment, generator)
+                target_loss = adapter.target_loss(model, x_target.to(device))
+                if target_loss is not None:
+                    loss = loss + target_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -6,6 +6,7 @@ Imported by conftest.py and by subprocess runs (on PYTHONPATH), so both see the 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import ClassVar
 
 import torch
 
@@ -41,3 +42,64 @@ class ProducesNaN(Adapter):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full((len(x), 10), float("nan"))
+
+
+@SUITES.register("tiny-digits-c")
+class TinyDigitsC(TinyDigits):
+    """Test-only: the tiny-digits source model with three corrupted copies of its test split
+    as targets (a multi-target suite for the protocol tests)."""
+
+    targets = ("gaussian_noise-5", "contrast-5", "digits-m")
+
+    def load(self, domain: str, split: str):
+        from benchmark.suite import DomainData
+        from suites.corruptions import corrupt
+        from suites.digits import _digit_splits
+
+        if domain in ("gaussian_noise-5", "contrast-5"):
+            if (domain, split) not in self._cache:
+                images, labels = _digit_splits(self.size, self.split_seed)[split]
+                name = domain.rsplit("-", 1)[0]
+                self._cache[(domain, split)] = DomainData(corrupt(images, name, 5, seed=3),
+                                                          labels)
+            return self._cache[(domain, split)]
+        return Digits.load(self, domain, split)
+
+
+@ADAPTERS.register("test-spy")
+class Spy(Adapter):
+    """Test-only: records everything the runner hands it, and predicts with the model."""
+
+    seen: ClassVar[list[tuple[str, object]]] = []
+
+    def set_context(self, model, context) -> None:
+        Spy.seen.append(("context", dict(context)))
+
+    def adapt(self, stream: TargetStream) -> None:
+        Spy.seen.append(("stream", stream))
+        for x in stream:
+            Spy.seen.append(("adapt-batch", x))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        Spy.seen.append(("predict-batch", x))
+        logits = super().predict(x)
+        Spy.seen.append(("logits", logits))
+        return logits
+
+
+@ADAPTERS.register("test-da-spy")
+class DASpy(Adapter):
+    """Test-only: a domain-adaptation adapter that records the target batches of training."""
+
+    setting = "da"
+    changes_training = True
+    target_batches: ClassVar[list[tuple[dict, torch.Tensor]]] = []
+    _context: dict = {}
+
+    def set_context(self, model, context) -> None:
+        self._context = dict(context)
+
+    def target_loss(self, model, x: torch.Tensor):
+        DASpy.target_batches.append((self._context, x))
+        model(x)  # statistics only, like plain DSBN
+        return None

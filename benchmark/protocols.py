@@ -1,0 +1,92 @@
+"""Test-time protocols: how target images are streamed to an adapter, and when it is reset.
+
+- ``episodic`` (default): every target is its own episode; the model and the adapter's
+  state (optimizer included) start from the source model for each one.
+- ``continual``: one model adapts across all targets in the suite's order (recorded in each
+  cell) without any reset; each target is still scored on its own predictions, and every
+  cell carries the online accuracy curve of its stretch of the stream.
+- ``mixed``: all targets shuffled together (seeded) into one stream, one episode; scores are
+  split per target by the runner, which alone knows where each image came from.
+- ``noniid``: each target is its own episode (as in episodic), but the images arrive in a
+  class-correlated order: a Dirichlet(alpha) mixture over classes per time slot, as in the
+  non-i.i.d. TTA literature (RoTTA, NOTE). Small alpha = long runs of a few classes.
+
+The runner orders the stream with the labels it holds; the adapter only ever sees images.
+The source domain's row is always evaluated as its own episode, in the natural order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+PROTOCOLS = ("episodic", "continual", "mixed", "noniid")
+SEQUENTIAL = frozenset({"continual", "mixed"})  # one episode over many targets
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "episodic": {},
+    "continual": {},
+    "mixed": {},
+    "noniid": {"alpha": 0.1, "slots": 100},
+}
+
+
+def check_protocol(name: str) -> None:
+    from benchmark.errors import ShiftbenchError
+
+    if name not in PROTOCOLS:
+        raise ShiftbenchError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def dirichlet_order(labels: torch.Tensor, alpha: float, slots: int, seed: int) -> torch.Tensor:
+    """A class-correlated order of ``labels``' indices.
+
+    The stream is cut into ``slots`` time slots; each class spreads its samples over the
+    slots with proportions drawn from Dirichlet(alpha) (one draw per class), and within a
+    slot samples are shuffled. With a small alpha each class sits in a few slots, so a test
+    batch sees few classes (the label shift that breaks batch statistics); as alpha grows
+    the order approaches i.i.d. Deterministic for a seed; a permutation of all indices.
+    """
+    if alpha <= 0 or slots < 1:
+        raise ValueError(f"noniid needs alpha > 0 and slots >= 1, got {alpha}, {slots}")
+    rng = np.random.default_rng(seed)
+    labels_np = labels.reshape(len(labels), -1)[:, 0].numpy() if labels.ndim > 1 \
+        else labels.numpy()
+    buckets: list[list[int]] = [[] for _ in range(slots)]
+    for cls in np.unique(labels_np):
+        members = rng.permutation(np.flatnonzero(labels_np == cls))
+        shares = rng.dirichlet(np.full(slots, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(members)).round().astype(int)
+        for slot, part in enumerate(np.split(members, cuts)):
+            buckets[slot].extend(part.tolist())
+    order = [i for bucket in buckets for i in rng.permutation(bucket).tolist()]
+    return torch.tensor(order, dtype=torch.long)
+
+
+def mixed_order(sizes: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded shuffle of the concatenation of several targets: (domain id, local index)
+    per position of the stream."""
+    domain = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(sizes)])
+    local = torch.cat([torch.arange(n) for n in sizes])
+    perm = torch.randperm(len(domain), generator=torch.Generator().manual_seed(seed))
+    return domain[perm], local[perm]
+
+
+class ConcatImages:
+    """Images of several domains addressed by one global index (no concatenated copy)."""
+
+    def __init__(self, parts: list[torch.Tensor], domain: torch.Tensor, local: torch.Tensor):
+        self.parts, self.domain, self.local = parts, domain, local
+
+    def __len__(self) -> int:
+        return len(self.domain)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        domains, locals_ = self.domain[index], self.local[index]
+        first = self.parts[int(domains[0])]
+        out = torch.empty((len(index), *first.shape[1:]), dtype=first.dtype)
+        for d in domains.unique().tolist():
+            where = domains == d
+            out[where] = self.parts[d][locals_[where]]
+        return out

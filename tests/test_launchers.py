@@ -1,0 +1,81 @@
+"""Launchers and fault handling: worker processes, Ray, concurrent runs on one results
+directory, traceback files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+TIMING = ["adapt_s", "img_per_s", "peak_mb"]
+ADAPTERS = "source,adabn,tent"
+
+
+def args(root: Path, *extra: str) -> list[str]:
+    return ["run", "--suite", "tiny-digits", "--adapters", ADAPTERS, "--seeds", "2",
+            "--results", str(root / "R"), "--leaderboards", str(root / "L"), "--quiet", *extra]
+
+
+def board(root: Path) -> pd.DataFrame:
+    return pd.read_csv(root / "L" / "tiny-digits.csv").drop(columns=TIMING)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory) -> Path:
+    """A run with two worker processes (each with one torch thread)."""
+    root = tmp_path_factory.mktemp("workers2")
+    assert main(args(root, "--workers", "2")) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_two_workers_compute_every_cell_once_and_match_a_rerun(two_workers, tmp_path):
+    cells = pd.read_csv(two_workers / "L" / "tiny-digits-cells.csv")
+    assert len(cells) == 3 * 2 * 2 and (cells.status == "done").all()
+    checkpoints = list((two_workers / "R" / "checkpoints").glob("*.safetensors"))
+    assert len(checkpoints) == 2  # one per seed, although two processes wanted each
+    # the same run again reuses every cell
+    assert main(args(two_workers, "--workers", "2")) == 0
+    pd.testing.assert_frame_equal(board(two_workers), board(two_workers))
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_results_directory_agree(two_workers, tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    script = ("import sys, tiny_suite; from benchmark.cli import main; "
+              "import torch; torch.set_num_threads(1); sys.exit(main(sys.argv[1:]))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args(tmp_path)], env=env,
+                              cwd=tmp_path) for _ in range(2)]
+    assert [p.wait() for p in procs] == [0, 0]
+    cells = pd.read_csv(tmp_path / "L" / "tiny-digits-cells.csv")
+    assert len(cells) == 12 and (cells.status == "done").all()
+    assert len(list((tmp_path / "R" / "cells" / "tiny-digits").glob("*.json"))) == 12
+    # one torch thread per process, as in the two-worker run: the same numbers
+    pd.testing.assert_frame_equal(board(tmp_path), board(two_workers))
+
+
+def test_a_failed_cell_gets_a_traceback_file(tmp_path):
+    code = main(["run", "--suite", "tiny-digits", "--adapters", "test-raises-on-photos",
+                 "--seeds", "1", "--results", str(tmp_path / "R"),
+                 "--leaderboards", str(tmp_path / "L"), "--quiet"])
+    assert code == 1
+    files = list((tmp_path / "R" / "failures" / "tiny-digits").glob("*.txt"))
+    assert len(files) == 1
+    text = files[0].read_text()
+    assert "Traceback" in text and "deliberate failure on the photo domain" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs shiftbench[ray]")
+def test_ray_launcher_gives_the_local_leaderboard(two_workers, tmp_path):
+    assert main(args(tmp_path, "--launcher", "ray", "--workers", "2")) == 0
+    pd.testing.assert_frame_equal(board(tmp_path), board(two_workers))
