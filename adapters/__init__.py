@@ -1,3 +1,22 @@
 """Built-in adapters, one method per file. Importing this package registers them all."""
 
-from adapters import adabn, ptbn, source, tent  # noqa: F401
+from adapters import (
+    adabn,  # noqa: F401
+    bn_prior,  # noqa: F401
+    camera_bn,  # noqa: F401
+    cdn,  # noqa: F401
+    context_norm,  # noqa: F401
+    context_norm_group,  # noqa: F401
+    dsbn,  # noqa: F401
+    ibn_a,  # noqa: F401
+    ibn_b,  # noqa: F401
+    irw,  # noqa: F401
+    isw,  # noqa: F401
+    iw,  # noqa: F401
+    modality_bn,  # noqa: F401
+    ptbn,  # noqa: F401
+    sbn,  # noqa: F401
+    source,  # noqa: F401
+    switchable_norm,  # noqa: F401
+    tent,  # noqa: F401
+)

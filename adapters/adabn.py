@@ -55,6 +55,8 @@ class AdaBN(Adapter):
             for h in handles:
                 h.remove()
         for bn in layers:
+            if bn not in sums:  # a layer the forward pass did not use (an inactive branch)
+                continue
             count, total, total_sq = sums[bn]
             mean = total / count
             var = (total_sq - count * mean * mean) / max(count - 1, 1)

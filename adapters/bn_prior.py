@@ -21,8 +21,10 @@ def prior_batch_norm(bn: _BatchNorm, x: torch.Tensor, prior: int) -> torch.Tenso
 
     mean = lambda * mu_s + (1 - lambda) * mu_t and var = lambda * var_s + (1 - lambda) * var_t,
     with mu_s, var_s the stored (source) running statistics, mu_t, var_t the statistics of
-    this batch over the batch and spatial axes (the unbiased variance, as a BN running
-    variance is), n the number of images in the batch and N the prior strength.
+    this batch over the batch and spatial axes, n the number of images in the batch and N
+    the prior strength. The batch variance is the unbiased one, as in the authors' reference
+    implementation (it estimates it the way BN updates a running variance), so N = 0 differs
+    from prediction-time BN (biased variance) by Bessel's correction.
     """
     n = x.shape[0]
     lam = prior / (prior + n)

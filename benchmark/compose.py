@@ -10,8 +10,8 @@ resulting model. The second part must not change training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch

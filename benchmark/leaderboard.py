@@ -14,12 +14,27 @@
   (process peak RSS on CPU, peak allocated on CUDA).
 - ``status``: ``ok``, or how many cells failed or are missing.
 
+Corruption suites (whose ``target_factors()`` give every target a ``corruption`` and a
+``severity``, e.g. cifar10-c, digits-c) replace the per-target columns -- 75 of them -- by:
+
+- ``mean_error``: 100 - accuracy, averaged over all targets (each target: mean over seeds).
+- ``mCE(vs source)``: mean corruption error (Hendrycks & Dietterich, ICLR 2019) with this
+  suite's ``source`` adapter row as the baseline: per corruption, the row's error summed over
+  severities divided by the source row's, averaged over corruptions, x 100 (source itself
+  = 100; lower is better). ``mCE_baseline`` says what was used, or why ``mCE`` is empty
+  (no finished ``source`` cells on these data).
+- ``c:<corruption>``: error averaged over severities; ``s:<k>``: error averaged over
+  corruptions at severity k.
+
+The per-target scores stay in the long form.
+
 ``<suite>-cells.csv`` is the long form: one row per cell, plus one column per further metric
 a suite reports (e.g. ``iou/road`` for segmentation; ``pixel_accuracy``), after the fixed ones.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -37,7 +52,7 @@ CELL_COLUMNS = [
     "metric", "score", "ece", "entropy", "n_examples", "adapt_s", "img_per_s", "peak_mb",
     "error", "name", "hparams", "adapter_code", "data_fingerprint", "checkpoint_sha256",
     "shiftbench", "code_revision", "torch", "torchvision", "python", "device", "finished_at",
-    "key",
+    "key", "protocol_params", "stream_position", "curve",
 ]
 
 
@@ -87,16 +102,85 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
             "shiftbench": v.get("shiftbench", ""), "code_revision": v.get("code_revision", ""),
             "torch": v.get("torch", ""), "torchvision": v.get("torchvision", ""),
             "python": v.get("python", ""), "device": c.get("device", {}).get("device", ""),
-            "finished_at": c.get("finished_at", ""), "key": c["key"], **extra,
+            "finished_at": c.get("finished_at", ""), "key": c["key"],
+            "protocol_params": json.dumps(c.get("protocol_params", {}), sort_keys=True),
+            "stream_position": c.get("stream_position", math.nan),
+            # continual streams: online accuracy after each batch of this target
+            "curve": json.dumps(c["curve"]) if "curve" in c else "",
+            **extra,
         })
     frame = pd.DataFrame(rows, columns=CELL_COLUMNS + sorted(extra_columns))
     return frame.sort_values(["adapter", "protocol", "batch_size", "seed", "role", "domain"],
                              kind="stable").reset_index(drop=True)
 
 
+MCE_COLUMN = "mCE(vs source)"
+MCE_BASELINE = "source"  # adapter label of the mCE baseline row
+
+
+def corruption_grid(suite: Suite) -> dict[str, tuple[str, int]] | None:
+    """target -> (corruption, severity) when every target has both factors and the metric is
+    accuracy (error = 100 - accuracy); otherwise None (an ordinary board)."""
+    factors = suite.target_factors()
+    if suite.metric != "accuracy" or not factors:
+        return None
+    if not all(t in factors and {"corruption", "severity"} <= factors[t].keys()
+               for t in suite.targets):
+        return None
+    return {t: (str(factors[t]["corruption"]), int(factors[t]["severity"]))
+            for t in suite.targets}
+
+
+def _mean(values: list[float]) -> float:
+    """Mean, or NaN if any value is NaN (an incomplete group has no average)."""
+    return sum(values) / len(values) if values else math.nan
+
+
+def corruption_columns(
+    errors: dict[str, float], baseline: dict[str, float] | None,
+    grid: dict[str, tuple[str, int]],
+) -> dict[str, float]:
+    """mean_error, mCE (NaN without a complete baseline), c:<corruption> and s:<k> from
+    per-target errors (NaN when a target has no finished cell)."""
+    corruptions = list(dict.fromkeys(c for c, _ in grid.values()))
+    severities = sorted({s for _, s in grid.values()})
+    ratios = []
+    for c in corruptions:
+        domains = [t for t, (c2, _) in grid.items() if c2 == c]
+        own = sum(errors[t] for t in domains)
+        base = sum(baseline[t] for t in domains) if baseline is not None else math.nan
+        ratios.append(own / base if base > 0 else math.nan)  # NaN propagates through sums
+    columns = {"mean_error": _mean([errors[t] for t in grid]),
+               MCE_COLUMN: 100 * _mean(ratios)}
+    for c in corruptions:
+        columns[f"c:{c}"] = _mean([errors[t] for t, (c2, _) in grid.items() if c2 == c])
+    for k in severities:
+        columns[f"s:{k}"] = _mean([errors[t] for t, (_, s) in grid.items() if s == k])
+    return columns
+
+
+def _baseline_errors(cells: pd.DataFrame, grid: dict[str, tuple[str, int]]
+                     ) -> tuple[dict[str, float] | None, str]:
+    """The source row's error per target (mean over its seeds; the source adapter predicts
+    the same at every protocol and batch size) and a note saying what was used."""
+    done = cells[(cells.adapter == MCE_BASELINE) & (cells.role == "target")
+                 & (cells.status == "done")]
+    errors = {t: 100 - done[done.domain == t].score.mean() for t in grid}
+    missing = [t for t, e in errors.items() if math.isnan(e)]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3
+                                           else "")
+        return None, (f"missing: no finished '{MCE_BASELINE}' cells for {shown}; run the "
+                      f"'{MCE_BASELINE}' adapter on this suite")
+    return errors, f"{MCE_BASELINE} ({done.seed.nunique()} seeds)"
+
+
 def board_frame(suite: Suite, cells: pd.DataFrame) -> pd.DataFrame:
     targets = list(suite.targets)
     src_col = f"src:{suite.source}"
+    grid = corruption_grid(suite)
+    if grid is not None:
+        baseline, baseline_note = _baseline_errors(cells, grid)
     rows = []
     for (adapter, protocol, batch_size), group in cells.groupby(ROW_KEY, sort=True):
         done = group[group.status == "done"]
@@ -126,6 +210,10 @@ def board_frame(suite: Suite, cells: pd.DataFrame) -> pd.DataFrame:
             "peak_mb": done.peak_mb.max(),
             "status": status,
         }
+        if grid is not None:
+            row.update(corruption_columns({t: 100 - row.pop(t) for t in targets}, baseline,
+                                          grid))
+            row["mCE_baseline"] = baseline_note
         rows.append(row)
     board = pd.DataFrame(rows)
     if board.empty:
@@ -137,8 +225,12 @@ def board_frame(suite: Suite, cells: pd.DataFrame) -> pd.DataFrame:
     board = board.sort_values(["_unranked", "score", "adapter"], ascending=[True, False, True],
                               kind="stable").drop(columns="_unranked")
     board["rank"] = board["rank"].astype("Int64")
+    detail = targets
+    if grid is not None:  # per-target columns live in the cells file
+        detail = [c for c in board.columns
+                  if c == "mean_error" or c.startswith(("mCE", "c:", "s:"))]
     columns = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score",
-               "std", "ci95", "seeds", *targets, src_col, "adapt_s", "img_per_s", "peak_mb",
+               "std", "ci95", "seeds", *detail, src_col, "adapt_s", "img_per_s", "peak_mb",
                "status"]
     return board[columns].reset_index(drop=True)
 
@@ -150,6 +242,8 @@ _DECIMALS = {"score": 2, "std": 2, "ci95": 2, "adapt_s": 3, "img_per_s": 1, "pea
 def _rounded(frame: pd.DataFrame, suite: Suite) -> pd.DataFrame:
     decimals = dict(_DECIMALS)
     decimals.update({d: 2 for d in suite.targets})
+    decimals.update({c: 2 for c in frame.columns
+                     if c in ("mean_error", MCE_COLUMN) or c.startswith(("c:", "s:"))})
     decimals[f"src:{suite.source}"] = 2
     return frame.round({k: v for k, v in decimals.items() if k in frame.columns})
 

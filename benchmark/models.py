@@ -72,6 +72,146 @@ class SmallResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+# ---- two modalities, late fusion -------------------------------------------------------
+
+
+class TwoStreamResNet(nn.Module):
+    """Two image modalities in one network, fused late: for multi-modal suites (digits-mm).
+
+    Input: (N, 3 * M, H, W), modality m in channels 3m .. 3m + 2 (M = 2: ``modalities``).
+    Each modality goes through a SmallResNet trunk without its classifier -- by default one
+    trunk shared by both (``shared_trunk``), fed the modalities *stacked along the batch*
+    (2N images: first all RGB, then all thermal), as visible-infrared re-id networks share
+    one backbone -- then through its own linear ``projection`` to an ``embed_dim``
+    embedding, its own ``fusion_norm`` (identity here), and a linear ``classifier`` on the
+    concatenated embeddings.
+
+    Where normalization methods plug in: per-modality BN (modality BN) replaces the BN
+    layers of ``trunk``, which see the stacked batch; cross-domain normalization (CDN / SBN)
+    replaces ``fusion_norm[m]``, which sees modality m's embedding only.
+    """
+
+    modalities: tuple[str, ...] = ("rgb", "thermal")
+
+    def __init__(
+        self, num_classes: int, widths: tuple[int, int, int] = (16, 32, 64),
+        embed_dim: int = 64, shared_trunk: bool = True,
+    ) -> None:
+        super().__init__()
+        self.shared_trunk = shared_trunk
+        names = ("shared",) if shared_trunk else self.modalities
+        self.trunks = nn.ModuleDict({name: self._trunk(widths) for name in names})
+        self.projection = nn.ModuleDict({m: nn.Linear(widths[2], embed_dim)
+                                         for m in self.modalities})
+        self.fusion_norm = nn.ModuleDict({m: nn.Identity() for m in self.modalities})
+        self.classifier = nn.Linear(embed_dim * len(self.modalities), num_classes)
+
+    @staticmethod
+    def _trunk(widths: tuple[int, int, int]) -> SmallResNet:
+        trunk = SmallResNet(num_classes=1, widths=widths)
+        trunk.fc = nn.Identity()  # type: ignore[assignment]  (pooled features out)
+        return trunk
+
+    def split_modalities(self, x: Tensor) -> list[Tensor]:
+        expected = 3 * len(self.modalities)
+        if x.shape[1] != expected:
+            raise ValueError(f"{type(self).__name__} takes {expected} channels (3 per "
+                             f"modality: {', '.join(self.modalities)}), got {x.shape[1]}")
+        return list(x.split(3, dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts = self.split_modalities(x)
+        if self.shared_trunk:
+            features = self.trunks["shared"](torch.cat(parts)).split(len(x))
+        else:
+            features = [self.trunks[m](p) for m, p in zip(self.modalities, parts, strict=True)]
+        embeddings = [self.fusion_norm[m](self.projection[m](f))
+                      for m, f in zip(self.modalities, features, strict=True)]
+        return self.classifier(torch.cat(embeddings, 1))
+
+
+# ---- WideResNet (Zagoruyko & Komodakis 2016) ---------------------------------------------
+#
+# Module and parameter names follow the WRN-28-10 of RobustBench's model zoo (the ``Standard``
+# CIFAR-10 model that Tent and most test-time adaptation papers start from), so its
+# checkpoint loads with ``load_state_dict`` unchanged: ``conv1``, ``block{1,2,3}.layer.<i>.
+# {bn1,conv1,bn2,conv2,convShortcut}``, final ``bn1`` and ``fc``.
+
+
+class WideBasicBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus shortcut. When the width or
+    stride changes, the first BN-ReLU is shared with a 1x1 ``convShortcut``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.convShortcut: nn.Module | None = None  # noqa: N815  (checkpoint key name)
+        if in_ch != out_ch or stride != 1:
+            self.convShortcut = nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(pre))))
+        # Identity blocks add the raw input; projection blocks project the activated one.
+        shortcut = x if self.convShortcut is None else self.convShortcut(pre)
+        return shortcut + out
+
+
+class WideStage(nn.Module):
+    """``blocks`` wide blocks held as ``layer`` (an ``nn.Sequential``), as in the checkpoints."""
+
+    def __init__(self, blocks: int, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*(
+            WideBasicBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1)
+            for i in range(blocks)
+        ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k for 32x32 inputs (Zagoruyko & Komodakis, "Wide Residual Networks", BMVC
+    2016): a 3x3 stem to 16 channels, three stages of (depth - 4) / 6 pre-activation blocks of
+    width 16k, 32k, 64k (strides 1, 2, 2), BN-ReLU, global average pooling, linear. No input
+    standardization: like RobustBench's models it takes pixels in [0, 1]. WRN-28-10 has
+    36.5M parameters for 10 classes."""
+
+    def __init__(self, num_classes: int, depth: int = 28, widen_factor: int = 10) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WideResNet depth must be 6n + 4 (e.g. 16, 22, 28), got {depth}")
+        blocks = (depth - 4) // 6
+        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.block1 = WideStage(blocks, widths[0], widths[1], 1)
+        self.block2 = WideStage(blocks, widths[1], widths[2], 2)
+        self.block3 = WideStage(blocks, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        x = self.relu(self.bn1(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def wrn28_10(num_classes: int) -> WideResNet:
+    return WideResNet(num_classes, depth=28, widen_factor=10)
+
+
 # ---- semantic segmentation -------------------------------------------------------------
 #
 # Both segmentation models below share torchvision's ResNet names, so normalization surgery
@@ -243,6 +383,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_resnet": SmallResNet,
     "small_segnet": SmallSegNet,
     "deeplabv3_resnet50": DeepLabV3ResNet50,
+    "wide_resnet": WideResNet,
+    "wrn28_10": wrn28_10,
+    "two_stream_resnet": TwoStreamResNet,
 }
 
 

@@ -214,6 +214,8 @@ def online_curves(cells: pd.DataFrame, suite: str) -> Figure | None:
     fig = _new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     for row, group in done.groupby("row", sort=True):
+        if "stream_position" in group.columns:  # continual cells: the recorded target order
+            group = group.sort_values("stream_position", kind="stable")
         streams = [np.concatenate([np.asarray(json.loads(c), dtype=float) for c in g["curve"]])
                    for _, g in group.groupby("seed", sort=True)]
         length = min(len(s) for s in streams)

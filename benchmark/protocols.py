@@ -84,9 +84,12 @@ class ConcatImages:
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         domains, locals_ = self.domain[index], self.local[index]
-        first = self.parts[int(domains[0])]
-        out = torch.empty((len(index), *first.shape[1:]), dtype=first.dtype)
+        out: torch.Tensor | None = None
         for d in domains.unique().tolist():
             where = domains == d
-            out[where] = self.parts[d][locals_[where]]
+            piece = self.parts[d][locals_[where]]  # parts may be lazy (uint8-backed) views
+            if out is None:
+                out = piece.new_empty((len(index), *piece.shape[1:]))
+            out[where] = piece
+        assert out is not None
         return out

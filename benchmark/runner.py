@@ -485,23 +485,24 @@ class Runner:
         results = []
         for cell in job.cells:  # continual: no reset between targets
             data = self.suite.load(cell.domain, "test")
-            order = None
+            order = torch.arange(len(data))
             if job.protocol == "noniid" and cell.role == "target":
                 order = dirichlet_order(data.labels, job.params["alpha"], job.params["slots"],
                                         job.params["shuffle_seed"])
-            stream = TargetStream(data.images, job.batch_size, order, self.device,
-                                  context=self._context(cell, data))
             clock.elapsed = 0.0
-            clock(adapter.set_context, model, stream.context)
-            clock(adapter.adapt, stream)
             metric, curve = self.suite.make_metric(), []
-            for x, index in zip(stream, stream.indices(), strict=True):
-                logits = clock(adapter.predict, x)
-                _check_logits(logits, x)
-                metric.update(logits, data.labels[index])
-                if job.protocol == "continual":
-                    curve.append(_running_score(metric))
-            result = self._result(metric, stream.num_examples, clock.elapsed)
+            for group, context in self._groups(adapter, cell, data, order):
+                stream = TargetStream(data.images, job.batch_size, group, self.device,
+                                      context=context)
+                clock(adapter.set_context, model, stream.context)
+                clock(adapter.adapt, stream)
+                for x, index in zip(stream, stream.indices(), strict=True):
+                    logits = clock(adapter.predict, x)
+                    _check_logits(logits, x)
+                    metric.update(logits, data.labels[index])
+                    if job.protocol == "continual":
+                        curve.append(_running_score(metric))
+            result = self._result(metric, len(order), clock.elapsed)
             if job.protocol == "continual":
                 result["curve"] = curve
                 result["stream_position"] = self.targets.index(cell.domain) \
@@ -530,14 +531,29 @@ class Runner:
         return [self._result(m, len(d), clock.elapsed * len(d) / len(domain))
                 for m, d in zip(metrics, data, strict=True)]
 
-    def _context(self, cell: PlannedCell, data: DomainData) -> dict[str, Any]:
-        """What an adapter may know besides the images: role, domain name, and side
-        information that is constant over the split (a camera id). Never labels."""
-        context: dict[str, Any] = {"role": cell.role, "domain": cell.domain}
+    def _groups(
+        self, adapter: Adapter, cell: PlannedCell, data: DomainData, order: torch.Tensor
+    ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        """The stream of a cell as (order, context) parts. The context is what an adapter
+        may know besides the images: role, domain name, and side information that is
+        constant over the part (a camera id). Never labels.
+
+        One part, unless the adapter trains on single-``batch_key`` batches (camera BN) and
+        that field varies over the split (the source domain's test images from several
+        cameras): then each value is its own part, in order of first appearance, as in
+        training."""
+        base: dict[str, Any] = {"role": cell.role, "domain": cell.domain}
         for name, values in data.extra.items():
             if len(values) and bool((values == values[0]).all()):
-                context[name] = values[0].item()
-        return context
+                base[name] = values[0].item()
+        key = adapter.batch_key
+        if key is None or key in base or key not in data.extra:
+            return [(order, base)]
+        values = data.extra[key][order]
+        parts = []
+        for value in dict.fromkeys(values.tolist()):
+            parts.append((order[values == value], {**base, key: value}))
+        return parts
 
     def _result(self, metric: Metric, n: int, elapsed: float) -> dict[str, Any]:
         results = metric.result()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -79,3 +81,24 @@ def test_a_failed_cell_gets_a_traceback_file(tmp_path):
 def test_ray_launcher_gives_the_local_leaderboard(two_workers, tmp_path):
     assert main(args(tmp_path, "--launcher", "ray", "--workers", "2")) == 0
     pd.testing.assert_frame_equal(board(tmp_path), board(two_workers))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    script = "import sys, tiny_suite; from benchmark.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", script, *args(tmp_path)]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    cells = tmp_path / "R" / "cells" / "tiny-digits"
+    while proc.poll() is None and not list(cells.glob("*.json")):  # wait for a first cell
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    stored = len(list(cells.glob("*.json")))
+    assert 1 <= stored < 12
+    assert subprocess.run(command, env=env, cwd=tmp_path).returncode == 0
+    assert len(list(cells.glob("*.json"))) == 12

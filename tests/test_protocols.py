@@ -8,13 +8,13 @@ import json
 import pandas as pd
 import pytest
 import torch
+from tiny_suite import DASpy, Spy
 
 from benchmark.adapter import TargetStream
 from benchmark.protocols import ConcatImages, dirichlet_order, mixed_order
 from benchmark.registry import SUITES
 from benchmark.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
-from tiny_suite import DASpy, Spy
 
 SUITE = "tiny-digits-c"
 
@@ -79,9 +79,12 @@ def test_every_protocol_gives_one_row_per_adapter_and_protocol(tmp_path):
         for domain in targets:
             assert score(cells, "source", protocol, domain) == pytest.approx(
                 score(cells, "source", "episodic", domain), abs=1e-9)
-    # an adapting method sees different data under each stream
-    gauss = [score(cells, "tent", p, "gaussian_noise-5") for p in protocols]
-    assert len(set(gauss)) == len(gauss)
+    # an adapting method sees different data under each stream; the first target of a
+    # continual stream is still a fresh episode, the last one is not
+    first, last = targets[0], targets[-1]
+    assert score(cells, "tent", "continual", first) == score(cells, "tent", "episodic", first)
+    tent_last = [score(cells, "tent", p, last) for p in protocols]
+    assert len(set(tent_last)) == len(tent_last)
     cont = cells[(cells.protocol == "continual") & (cells.role == "target")]
     for row in cont.itertuples():
         curve = json.loads(row.curve)
@@ -111,9 +114,9 @@ def test_batch_size_sweep_and_the_source_prior(tmp_path):
     assert sorted(set(board.batch_size)) == [2, 64]
     assert len(board) == 4 * 2
     for bs in (2, 64):
-        # N = 0 trusts the batch alone: prediction-time BN exactly
+        # N = 0 trusts the batch alone: prediction-time BN up to Bessel's correction
         assert score(cells, "bn_prior(prior=0)", "episodic", "contrast-5", bs) == \
-            pytest.approx(score(cells, "ptbn", "episodic", "contrast-5", bs), abs=1e-9)
+            pytest.approx(score(cells, "ptbn", "episodic", "contrast-5", bs), abs=1.0)
     # the source model's predictions do not depend on the batch size
     assert score(cells, "source", "episodic", "contrast-5", 2) == \
         score(cells, "source", "episodic", "contrast-5", 64)
@@ -133,7 +136,10 @@ def test_bn_prior_interpolates_between_source_and_batch_statistics(tiny_source_s
         return adapter.predict(x)
 
     assert torch.allclose(logits("bn_prior", prior=10**9), logits("source"), atol=1e-4)
-    assert torch.allclose(logits("bn_prior", prior=0), logits("ptbn"), atol=1e-4)
+    # N = 0 is the batch alone; it differs from prediction-time BN only by the unbiased
+    # batch variance (the reference implementation's), a factor n / (n - 1) = 8 / 7 here
+    assert torch.allclose(logits("bn_prior", prior=0), logits("ptbn"), atol=0.05)
+    assert not torch.allclose(logits("bn_prior", prior=0), logits("ptbn"), atol=1e-5)
     middle = logits("bn_prior", prior=8)
     assert not torch.allclose(middle, logits("source"), atol=1e-3)
     assert not torch.allclose(middle, logits("ptbn"), atol=1e-3)
@@ -165,7 +171,8 @@ def test_target_labels_never_reach_an_adapter_and_the_runner_scores(tmp_path):
     # first the source-domain episode, then the contrast-5 episode (plan order)
     target_preds = preds[source_n : source_n + n].argmax(1)
     expected = 100.0 * (target_preds == labels).float().mean().item()
-    assert score(cells, "test-spy", "episodic", "contrast-5") == pytest.approx(expected)
+    assert score(cells, "test-spy", "episodic", "contrast-5") == pytest.approx(expected,
+                                                                               abs=0.006)
 
 
 # ---- training-time adapters: composition and domain adaptation ----------------------------

@@ -1,0 +1,279 @@
+"""ISW (RobustNet) -- Choi, Jung, Yun, Kim, Kim, Choo. "RobustNet: Improving Domain
+Generalization in Urban-Scene Segmentation via Instance Selective Whitening", CVPR 2021
+(arXiv:2103.15597). Also the shared parts of its IW and IRW variants (adapters/iw.py, irw.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+
+from benchmark.adapter import Adapter
+from benchmark.registry import ADAPTERS
+from benchmark.surgery import (
+    add_norm_after_addition,
+    batchnorm_channels,
+    block_output_channels,
+    get_module,
+    last_block_path,
+    set_module,
+    stem_norm_path,
+)
+
+
+# ---- the layer and the loss ----------------------------------------------------------------
+class InstanceWhitening(nn.Module):
+    """Instance standardization (IN without affine, as RobustNet's ``InstanceWhitening``)
+    whose output is kept for the whitening loss: ``features`` holds the last training-mode
+    output; in eval mode outputs are appended to ``captured`` when that is a list.
+
+    ``mask`` (C x C, 0/1, a buffer so it is saved with the checkpoint) marks the covariance
+    entries the loss pushes to zero; it starts as the strict upper triangle (all off-diagonal
+    pairs, IW) and ISW replaces it by its selected entries.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.standardize = nn.InstanceNorm2d(channels, affine=False)
+        self.register_buffer("mask", torch.ones(channels, channels).triu(diagonal=1))
+        self.features: torch.Tensor | None = None
+        self.captured: list[torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.standardize(x)
+        if self.training:
+            self.features = out
+        elif self.captured is not None:
+            self.captured.append(out.detach())
+        return out
+
+
+def covariance(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-instance channel covariance of IN-standardized features (zero mean per channel):
+    ``Sigma = F F^T / (HW - 1) + eps I`` with F the C x HW matrix; returns B x C x C."""
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w)
+    eye = torch.eye(c, dtype=f.dtype, device=f.device)
+    return torch.bmm(f, f.transpose(1, 2)) / (h * w - 1) + eps * eye
+
+
+def whitening_loss(features: torch.Tensor, mask: torch.Tensor, margin: float = 0.0,
+                   eps: float = 1e-5) -> torch.Tensor:
+    """RobustNet's per-layer loss: mean over the batch of
+    ``max(0, (sum |Sigma * M| - margin) / |M|)``, |M| the number of masked entries."""
+    count = mask.sum()
+    if count == 0:  # nothing selected: no constraint
+        return features.new_zeros(())
+    off = (covariance(features, eps) * mask).abs().sum((1, 2))
+    return ((off - margin) / count).clamp_min(0).mean()
+
+
+def whitening_layers(model: nn.Module) -> list[InstanceWhitening]:
+    return [m for m in model.modules() if isinstance(m, InstanceWhitening)]
+
+
+def release_features(layers: list[InstanceWhitening]) -> None:
+    """Drop the stored features once used: they hold the step's autograd graph (and a
+    non-leaf tensor would make the model impossible to deep-copy)."""
+    for layer in layers:
+        layer.features = None
+
+
+def to_instance_whitening(model: nn.Module, stages: tuple[int, ...] = (1, 2)) -> nn.Module:
+    """RobustNet's placement (``--wt_layer 0 0 w w w 0 0``): instance whitening instead of the
+    stem BN, and after the residual addition of the last block of stages 1 and 2 (before
+    the ReLU) -- the positions of IBN-Net-b, with IN without affine."""
+    path = stem_norm_path(model)
+    set_module(model, path, InstanceWhitening(batchnorm_channels(get_module(model, path),
+                                                                 path)))
+    for stage in stages:
+        block = get_module(model, last_block_path(model, stage))
+        add_norm_after_addition(block, InstanceWhitening(block_output_channels(block)))
+    return model
+
+
+class WhiteningAdapter(Adapter):
+    """Shared by IW, IRW and ISW: the surgery and the loss ``weight * mean over layers``
+    (RobustNet averages the per-layer losses, ``wt_loss / len(w_arr)``)."""
+
+    setting = "dg"
+    changes_training = True
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return to_instance_whitening(model)
+
+    def margin(self, layer: InstanceWhitening) -> float:
+        return 0.0
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        layers = whitening_layers(model)
+        if not layers or any(layer.features is None for layer in layers):
+            raise RuntimeError(f"{self.name}: no whitening features; was prepare() applied "
+                               "and the model run forward in train mode?")
+        losses = [whitening_loss(layer.features, layer.mask, self.margin(layer),
+                                 float(self.hparams["eps"])) for layer in layers]
+        release_features(layers)
+        return float(self.hparams["weight"]) * torch.stack(losses).mean()
+
+
+# ---- ISW's selection of style-sensitive covariance entries --------------------------------
+def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """RobustNet's photometric transform, per image: ColorJitter(brightness 0.8, contrast 0.8,
+    saturation 0.8, hue 0.3) in a random order, then Gaussian blur with sigma ~ U(0.15, 1.3).
+    Images in [0, 1]."""
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * torch.rand((), generator=generator).item()
+
+    out = []
+    for image in images:
+        ops = [
+            lambda x: TF.adjust_brightness(x, uniform(0.2, 1.8)),
+            lambda x: TF.adjust_contrast(x, uniform(0.2, 1.8)),
+            lambda x: TF.adjust_saturation(x, uniform(0.2, 1.8)),
+            lambda x: TF.adjust_hue(x, uniform(-0.3, 0.3)),
+        ]
+        for i in torch.randperm(4, generator=generator).tolist():
+            image = ops[i](image)
+        sigma = uniform(0.15, 1.3)
+        size = min(2 * math.ceil(4 * sigma) + 1, 2 * (min(image.shape[-2:]) // 2) - 1)
+        out.append(TF.gaussian_blur(image, [size, size], [sigma, sigma]).clamp(0, 1))
+    return torch.stack(out)
+
+
+def kmeans_1d(values: torch.Tensor, k: int = 3, iterations: int = 100) -> torch.Tensor:
+    """Lloyd's k-means on a 1-D tensor; returns each value's cluster index, clusters ordered
+    by centroid (0 = lowest). Centroids start at the (2i+1)/2k quantiles."""
+    v = values.double().flatten()
+    centroids = torch.quantile(v, (torch.arange(k, dtype=torch.float64) * 2 + 1) / (2 * k))
+    labels = torch.zeros_like(v, dtype=torch.long)
+    for step in range(iterations):
+        new = (v[:, None] - centroids[None, :]).abs().argmin(1)
+        if step > 0 and torch.equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            members = v[labels == j]
+            if len(members):
+                centroids[j] = members.mean()
+    rank = torch.argsort(torch.argsort(centroids))
+    return rank[labels]
+
+
+def sensitive_entries(variance: torch.Tensor, clusters: int = 3) -> torch.Tensor:
+    """C x C 0/1 mask: strict-upper-triangle entries whose variance is *not* in the lowest of
+    ``clusters`` 1-D k-means clusters."""
+    c = variance.shape[0]
+    upper = torch.ones(c, c, dtype=torch.bool, device=variance.device).triu(diagonal=1)
+    mask = torch.zeros(c, c, device=variance.device)
+    mask[upper] = (kmeans_1d(variance[upper], clusters) > 0).to(mask.dtype).to(mask.device)
+    return mask
+
+
+def covariance_variance(model: nn.Module, batches: list[torch.Tensor],
+                        generator: torch.Generator, eps: float) -> list[torch.Tensor]:
+    """For every whitening layer: the variance, over each batch of [photometric copies;
+    originals], of every covariance entry (strict upper triangle), averaged over batches.
+    Run in eval mode without gradients, as RobustNet's ``validate_for_cov_stat``."""
+    layers = whitening_layers(model)
+    totals: list[torch.Tensor] = [torch.zeros(()) for _ in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images in batches:
+                for layer in layers:
+                    layer.captured = []
+                model(torch.cat([photometric(images.cpu(), generator).to(images.device),
+                                 images]))
+                for i, layer in enumerate(layers):
+                    assert layer.captured is not None
+                    cov = covariance(layer.captured[0], eps) * layer.mask.new_ones(
+                        layer.mask.shape).triu(diagonal=1)
+                    totals[i] = totals[i] + cov.var(0).cpu()
+    finally:
+        for layer in layers:
+            layer.captured = None
+        model.train(was_training)
+    return [t / len(batches) for t in totals]
+
+
+@ADAPTERS.register("isw")
+class ISW(WhiteningAdapter):
+    """ISW: instance *selective* whitening of the style-sensitive covariance entries.
+
+    RobustNet (paper Sec. 3.3-3.4, reference ``train.py``/``cov_settings.py``):
+
+    1. IN (no affine) at the stem and after stages 1 and 2 (:func:`to_instance_whitening`).
+    2. Warm-up: train with the task loss only for ``warmup_steps``.
+    3. Selection: for each trial, pass batches of images concatenated with photometrically
+       transformed copies (colour jitter, Gaussian blur; :func:`photometric`) through the
+       model (eval mode); at each layer compute every instance's covariance
+       ``Sigma = F F^T/(HW-1) + eps I`` and the variance of each strict-upper entry across
+       the 2B instances; average over batches; 1-D k-means with ``clusters`` = 3; entries
+       outside the lowest-variance cluster are sensitive (M = 1). The mask is the
+       intersection over trials.
+    4. Afterwards the loss is ``weight * mean over layers of mean over batch of
+       sum |Sigma * M| / |M|`` (:func:`whitening_loss`), added to the task loss.
+
+    The training loop is the benchmark's, so the adapter counts ``extra_loss`` calls as
+    steps, keeps the last ``mask_batches`` training input batches (a forward pre-hook on the
+    model) and computes the mask from them right after step ``warmup_steps``.
+    Reference values vs the CPU-scale defaults here: warm-up 5 epochs (~3.9k iterations of
+    40k) vs 50 steps; 500 batches per trial vs ``mask_batches`` = 8 stored batches; 10
+    trials vs 5 (each trial redraws the photometric transforms). Weight 0.6 and k = 3 as
+    in the reference. Two further differences from the reference code: k-means runs on the
+    strict-upper-triangle variances only (the reference clusters all C x C entries, the
+    zeros of the diagonal and lower triangle included), and it is Lloyd's algorithm from
+    quantile starts (the reference's ``kmeans1d`` finds the exact 1-D optimum).
+
+    Trains: the whole network with the task loss and, after warm-up, the selective
+    whitening loss. Adapts: nothing at test time. Resets: nothing to reset.
+    """
+
+    defaults = {"weight": 0.6, "warmup_steps": 50, "mask_batches": 8, "trials": 5,
+                "clusters": 3, "eps": 1e-5}
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = super().prepare(model)
+        self._steps = 0
+        self._recent: deque[torch.Tensor] = deque(maxlen=int(self.hparams["mask_batches"]))
+        self.mask_ready = False
+        model.register_forward_pre_hook(self._remember_inputs)
+        return model
+
+    def _remember_inputs(self, model: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if model.training and not self.mask_ready:
+            self._recent.append(inputs[0].detach())
+
+    def compute_mask(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
+        """Step 3 above: set each whitening layer's mask from ``batches`` of images."""
+        if not batches:
+            raise RuntimeError("ISW: no training batches were seen before the mask step")
+        generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63 + 1)
+        eps, clusters = float(self.hparams["eps"]), int(self.hparams["clusters"])
+        layers = whitening_layers(model)
+        masks: list[torch.Tensor] | None = None
+        for _ in range(int(self.hparams["trials"])):
+            variances = covariance_variance(model, batches, generator, eps)
+            trial = [sensitive_entries(v, clusters) for v in variances]
+            masks = trial if masks is None else [a * b for a, b in zip(masks, trial,
+                                                                      strict=True)]
+        assert masks is not None
+        for layer, mask in zip(layers, masks, strict=True):
+            layer.mask.copy_(mask)
+        self.mask_ready = True
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        self._steps += 1
+        if self.mask_ready:
+            return super().extra_loss(model)
+        release_features(whitening_layers(model))
+        if self._steps >= int(self.hparams["warmup_steps"]):
+            self.compute_mask(model, list(self._recent))
+            self._recent.clear()
+        return None
