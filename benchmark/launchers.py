@@ -118,10 +118,12 @@ def _launch_processes(runner: Runner, jobs: list[Job], on_records: OnRecords) ->
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = get_context("spawn")
     counter = context.Value("i", 0)
+    lock = context.RLock()  # one lock for every bar's writes, parent and workers
+    tqdm.set_lock(lock)
     setup = worker_setup(runner, threads)
     jobs = spread_checkpoints(jobs)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(setup, tqdm.get_lock(), counter)) as pool:
+                             initargs=(setup, lock, counter)) as pool:
         futures: dict[Future, Job] = {pool.submit(_run_in_worker, job): job for job in jobs}
         try:
             remaining = set(futures)

@@ -179,6 +179,7 @@ class Runner:
         self._training_errors: dict[str, Exception] = {}  # fail its cells, don't retrain
         self._architectures: dict[tuple[str, str], str] = {}
         self._user_weights: tuple[dict[str, torch.Tensor], str] | None = None
+        self._target_digests: dict[str, str] = {}
 
     def _select_targets(self, patterns: list[str] | None) -> tuple[str, ...]:
         if not patterns:
@@ -227,8 +228,9 @@ class Runner:
             "seed": seed,
         }
         if target is not None:
-            identity["target"] = {"domain": target,
-                                  "data": self.suite.load(target, "train").digest()}
+            if target not in self._target_digests:
+                self._target_digests[target] = self.suite.split_fingerprint(target, "train")
+            identity["target"] = {"domain": target, "data": self._target_digests[target]}
         return identity
 
     def _architecture_hash(self, adapter: Adapter) -> str:
@@ -480,7 +482,7 @@ class Runner:
             torch.cuda.reset_peak_memory_stats(self.device)
         clock = _Clock(self.device)
         clock(adapter.attach, model)
-        if job.protocol == "mixed" and len(job.cells) > 1:
+        if job.protocol == "mixed" and job.cells[0].role == "target":
             return self._evaluate_mixed(adapter, model, job, clock)
         results = []
         for cell in job.cells:  # continual: no reset between targets
@@ -489,7 +491,7 @@ class Runner:
             if job.protocol == "noniid" and cell.role == "target":
                 order = dirichlet_order(data.labels, job.params["alpha"], job.params["slots"],
                                         job.params["shuffle_seed"])
-            clock.elapsed = 0.0
+            started = 0.0 if cell is job.cells[0] else clock.elapsed  # attach: first cell's
             metric, curve = self.suite.make_metric(), []
             for group, context in self._groups(adapter, cell, data, order):
                 stream = TargetStream(data.images, job.batch_size, group, self.device,
@@ -502,7 +504,7 @@ class Runner:
                     metric.update(logits, data.labels[index])
                     if job.protocol == "continual":
                         curve.append(_running_score(metric))
-            result = self._result(metric, len(order), clock.elapsed)
+            result = self._result(metric, len(order), clock.elapsed - started)
             if job.protocol == "continual":
                 result["curve"] = curve
                 result["stream_position"] = self.targets.index(cell.domain) \

@@ -122,11 +122,16 @@ class Suite:
         benchmark.leaderboard)."""
         return {}
 
+    def split_fingerprint(self, domain: str, split: Split) -> str:
+        """A hash of one split (e.g. the unlabeled target data a ``da`` adapter trains on).
+        Suites whose data sit in checksummed files override it to avoid hashing pixels."""
+        return self.load(domain, split).digest()
+
     def source_fingerprint(self) -> str:
         """A hash of the source domain's training split (what a source model learns from):
         suites that share it, and their recipe, share trained checkpoints."""
         if self._source_fingerprint is None:
-            digest = self.load(self.source, "train").digest()
+            digest = self.split_fingerprint(self.source, "train")
             self._source_fingerprint = f"{self.source}:{digest}"
         return self._source_fingerprint
 

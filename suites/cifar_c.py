@@ -382,6 +382,28 @@ class CifarC(Suite):
             self._source_fingerprint = f"{self.source}:{h.hexdigest()}"
         return self._source_fingerprint
 
+    def split_fingerprint(self, domain: str, split: Split) -> str:
+        """The digests of the files a split is read from (cached per file stamp) and the rows
+        taken, instead of a hash of its pixels. A target's train and test splits are the same
+        images, hence the same fingerprint."""
+        if domain not in self.domains:
+            raise KeyError(f"suite {self.name!r} has no domain {domain!r}; has {self.domains}")
+        if split not in ("train", "test"):
+            raise KeyError(f"unknown split {split!r}; use 'train' or 'test'")
+        if domain == self.source:
+            self._ensure_clean()
+            names = self.clean_train_md5 if split == "train" else self.clean_test_md5
+            files, what = [self._clean_dir() / n for n in names], f"clean/{split}"
+        else:
+            name, severity = domain.rsplit("-", 1)
+            self._corrupted_array(name)  # checks the file (and generates it if need be)
+            files = [self._corrupted_dir() / f"{name}.npy", self._corrupted_dir() / "labels.npy"]
+            what = f"{self.data_kind}/{name} severity {severity} of R={self.rows_per_severity()}"
+        h = hashlib.sha256(f"{what}; uint8/255 NCHW float32\n".encode())
+        for path in files:
+            h.update(f"{path.name}:{file_digests(path)['sha256']}\n".encode())
+        return h.hexdigest()
+
     # ---- downloads --------------------------------------------------------------------
     def _download(self, release: Release) -> None:
         from torchvision.datasets.utils import download_and_extract_archive

@@ -254,6 +254,11 @@ class RealDigits(Suite):
             self._arrays(domain, split)  # type: ignore[arg-type]
         return {s: self._hf_digests[(domain, s)] for s in splits}
 
+    def split_fingerprint(self, domain: str, split: Split) -> str:
+        ids = {"content": self._content_ids(domain, (split,)),
+               "preprocessing": self.preprocessing()}
+        return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()
+
     def source_fingerprint(self) -> str:
         """The source training split's identity (its files' md5 sums, or its HF content hash)
         and the preprocessing: mnist-svhn and mnist-usps share MNIST source checkpoints."""

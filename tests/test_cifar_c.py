@@ -486,3 +486,16 @@ def test_labels_must_cover_the_test_set_once_per_severity(official):
     np.save(root / "CIFAR-10-C" / "labels.npy", np.tile(labels[:-1], 5))
     with pytest.raises(ShiftbenchError, match=r"labels\.npy holds \(25,\).*expected \(30,\)"):
         fixture_suite(root).load("fog-1", "test")
+
+
+def test_split_fingerprint_follows_files_and_rows(official):
+    root, _, _ = official
+    suite = fixture_suite(root)
+    fog2 = suite.split_fingerprint("fog-2", "test")
+    assert suite.split_fingerprint("fog-2", "train") == fog2  # the same images
+    assert len({fog2, suite.split_fingerprint("fog-3", "test"),
+                suite.split_fingerprint("snow-2", "test"),
+                suite.split_fingerprint("cifar10", "test"),
+                suite.split_fingerprint("cifar10", "train")}) == 5
+    np.save(root / "CIFAR-10-C" / "fog.npy", np.zeros((5 * N_TEST, 32, 32, 3), np.uint8))
+    assert fixture_suite(root).split_fingerprint("fog-2", "test") != fog2

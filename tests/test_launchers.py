@@ -45,9 +45,13 @@ def test_two_workers_compute_every_cell_once_and_match_a_rerun(two_workers, tmp_
     assert len(cells) == 3 * 2 * 2 and (cells.status == "done").all()
     checkpoints = list((two_workers / "R" / "checkpoints").glob("*.safetensors"))
     assert len(checkpoints) == 2  # one per seed, although two processes wanted each
-    # the same run again reuses every cell
+    # the same run again reuses every cell and rebuilds the same leaderboard
+    before = board(two_workers)
+    mtimes = {p: p.stat().st_mtime_ns for p in (two_workers / "R" / "cells").rglob("*.json")}
     assert main(args(two_workers, "--workers", "2")) == 0
-    pd.testing.assert_frame_equal(board(two_workers), board(two_workers))
+    pd.testing.assert_frame_equal(board(two_workers), before)
+    assert {p: p.stat().st_mtime_ns
+            for p in (two_workers / "R" / "cells").rglob("*.json")} == mtimes
 
 
 @pytest.mark.slow
