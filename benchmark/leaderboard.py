@@ -118,17 +118,19 @@ MCE_COLUMN = "mCE(vs source)"
 MCE_BASELINE = "source"  # adapter label of the mCE baseline row
 
 
-def corruption_grid(suite: Suite) -> dict[str, tuple[str, int]] | None:
+def corruption_grid(
+    suite: Suite, targets: list[str] | None = None
+) -> dict[str, tuple[str, int]] | None:
     """target -> (corruption, severity) when every target has both factors and the metric is
     accuracy (error = 100 - accuracy); otherwise None (an ordinary board)."""
+    targets = list(suite.targets) if targets is None else targets
     factors = suite.target_factors()
     if suite.metric != "accuracy" or not factors:
         return None
     if not all(t in factors and {"corruption", "severity"} <= factors[t].keys()
-               for t in suite.targets):
+               for t in targets):
         return None
-    return {t: (str(factors[t]["corruption"]), int(factors[t]["severity"]))
-            for t in suite.targets}
+    return {t: (str(factors[t]["corruption"]), int(factors[t]["severity"])) for t in targets}
 
 
 def _mean(values: list[float]) -> float:
@@ -175,10 +177,16 @@ def _baseline_errors(cells: pd.DataFrame, grid: dict[str, tuple[str, int]]
     return errors, f"{MCE_BASELINE} ({done.seed.nunique()} seeds)"
 
 
-def board_frame(suite: Suite, cells: pd.DataFrame) -> pd.DataFrame:
-    targets = list(suite.targets)
+def board_frame(
+    suite: Suite, cells: pd.DataFrame, targets: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per (adapter, protocol, batch size) over ``targets`` (default: all of the
+    suite's; a run restricted with ``--targets`` ranks on its own targets)."""
+    targets = list(suite.targets) if targets is None else list(targets)
+    cells = cells[cells.role.eq("source") | cells.domain.isin(targets)]
     src_col = f"src:{suite.source}"
-    grid = corruption_grid(suite)
+    grid = corruption_grid(suite, targets)
+    calibration = suite.metric == "accuracy"
     if grid is not None:
         baseline, baseline_note = _baseline_errors(cells, grid)
     rows = []
@@ -203,6 +211,8 @@ def board_frame(suite: Suite, cells: pd.DataFrame) -> pd.DataFrame:
             "adapter": adapter, "protocol": protocol, "batch_size": int(batch_size),
             "setting": group.setting.iloc[0], "metric": suite.metric,
             "score": score, "std": std, "ci95": ci95, "seeds": len(per_seed),
+            # calibration of the same predictions: mean over target cells (classification)
+            **({"ece": tgt.ece.mean(), "entropy": tgt.entropy.mean()} if calibration else {}),
             **{t: tgt[tgt.domain == t].score.mean() for t in targets},
             src_col: done[done.role == "source"].score.mean(),
             "adapt_s": tgt.adapt_s.mean(),
@@ -230,8 +240,8 @@ def board_frame(suite: Suite, cells: pd.DataFrame) -> pd.DataFrame:
         detail = [c for c in board.columns
                   if c == "mean_error" or c.startswith(("mCE", "c:", "s:"))]
     columns = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score",
-               "std", "ci95", "seeds", *detail, src_col, "adapt_s", "img_per_s", "peak_mb",
-               "status"]
+               "std", "ci95", "seeds", *(["ece", "entropy"] if calibration else []), *detail,
+               src_col, "adapt_s", "img_per_s", "peak_mb", "status"]
     return board[columns].reset_index(drop=True)
 
 
@@ -250,20 +260,20 @@ def _rounded(frame: pd.DataFrame, suite: Suite) -> pd.DataFrame:
 
 def build(
     suite: Suite, store: ResultStore, current_keys: set[str] | None = None,
-    suite_signature: str | None = None,
+    suite_signature: str | None = None, targets: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     cells = select_cells(store.cells(suite.name), suite_signature, current_keys or set())
     long = cells_frame(cells)
-    return _rounded(board_frame(suite, long), suite), _rounded(long, suite)
+    return _rounded(board_frame(suite, long, targets), suite), _rounded(long, suite)
 
 
 def write(
     suite: Suite, store: ResultStore, out_dir: Path, current_keys: set[str] | None = None,
-    suite_signature: str | None = None,
+    suite_signature: str | None = None, targets: list[str] | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """Rebuild and atomically write ``<suite>.csv``, ``<suite>-cells.csv`` and ``<suite>.md``
     (the same board as markdown, with published reference rows; see benchmark.markdown)."""
-    board, long = build(suite, store, current_keys, suite_signature)
+    board, long = build(suite, store, current_keys, suite_signature, targets)
     out_dir = Path(out_dir)
     paths = [out_dir / f"{suite.name}.csv", out_dir / f"{suite.name}-cells.csv"]
     atomic_write_text(paths[0], board.to_csv(index=False, lineterminator="\n"))

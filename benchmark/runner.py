@@ -341,6 +341,7 @@ class Runner:
                 self.suite, self.store, self.config.leaderboards,
                 current_keys={c.key for c in self.plan()},
                 suite_signature=stable_hash(self._suite_signature()),
+                targets=list(self.targets),
             )
 
     def job_is_done(self, job: Job) -> bool:

@@ -29,5 +29,4 @@ def cell_row(adapter: str, domain: str, seed: int, score: float, *, role: str = 
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    columns = list(CELL_COLUMNS) + (["curve"] if any("curve" in r for r in rows) else [])
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=list(CELL_COLUMNS))

@@ -400,9 +400,12 @@ def test_runner_scores_corruption_targets_and_writes_corruption_columns(official
     cells = pd.read_csv(tmp_path / "L" / "fixture-cifar10-c-cells.csv")
     assert "fog-3" not in board.columns
     assert set(cells.domain) == {"cifar10"} | {f"fog-{s}" for s in SEVERITIES}
-    # 14 corruptions not run: no mCE, and the board says why.
-    assert board["mCE(vs source)"].isna().all()
-    assert board.loc["adabn", "mCE_baseline"].startswith("missing: no finished 'source'")
+    # a run restricted with --targets ranks on its own targets: mCE over fog alone
+    target_cells = cells[cells.role == "target"].set_index(["adapter", "domain"]).score
+    fog = [f"fog-{s}" for s in SEVERITIES]
+    expected = (100 - target_cells["adabn"][fog]).sum() / (100 - target_cells["source"][fog]).sum()
+    assert board.loc["adabn", "mCE(vs source)"] == pytest.approx(100 * expected, abs=0.02)
+    assert board.loc["source", "mCE(vs source)"] == pytest.approx(100)
     assert cells.data_fingerprint.str.startswith("official:").all()
     errors = 100 - cells[(cells.adapter == "adabn") & (cells.role == "target")].set_index(
         "domain").score
