@@ -98,6 +98,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "dict) instead of training; test-time adapters only")
     p.add_argument("--workers", type=int, default=1,
                    help="parallel worker processes (local launcher) or Ray CPUs (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per job (default 1, so that every launcher and worker "
+                        "count gives identical numbers; other values are recorded in the "
+                        "result keys)")
     p.add_argument("--launcher", default="local", choices=LAUNCHERS,
                    help="local (default) or ray")
     p.add_argument("--ray-address", default=None,
@@ -224,7 +228,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         targets=args.targets, results=args.results, leaderboards=args.leaderboards,
         device=args.device, data_root=args.data_root, download=args.download,
         source_checkpoint=args.source_checkpoint, progress=not args.quiet,
-        workers=args.workers, launcher=args.launcher, ray_address=args.ray_address,
+        workers=args.workers, threads=args.threads, launcher=args.launcher,
+        ray_address=args.ray_address,
     )
     summary = Runner(config).run()
     print(f"\n{args.suite}: {summary.done} cells computed, {summary.skipped} reused, "

@@ -2,15 +2,17 @@
 
 - ``local`` with ``--workers 1`` (default): in this process, one job after another.
 - ``local`` with ``--workers N``: N worker processes (spawned, not forked: forking a process
-  whose OpenMP/BLAS threads are running can deadlock), each with cores/N torch threads.
-- ``ray``: one Ray task per job, each asking for one CPU (or one GPU with ``--device cuda``),
-  on the cluster at ``--ray-address`` or on a local Ray instance started here.
+  whose OpenMP/BLAS threads are running can deadlock).
+- ``ray``: one Ray task per job, each asking for ``--threads`` CPUs (or a GPU with
+  ``--device cuda``), on the cluster at ``--ray-address`` or on a local Ray instance
+  started here.
 
-Every job writes its own cells to the shared result store (atomic files, file locks; see
-benchmark.store), so the launcher only reports progress: a launcher that dies loses no
-finished cell, and a re-run resumes. Workers rebuild the run from its :class:`RunConfig`;
-classes that tests or users registered at run time travel as the modules (or files) that
-define them.
+Every job computes with ``--threads`` torch threads wherever it runs (CPU results depend on
+the thread count), so all launchers give the same numbers. Every job writes its own cells
+to the shared result store (atomic files, file locks; see benchmark.store), so the launcher
+only reports progress: a launcher that dies loses no finished cell, and a re-run resumes.
+Workers rebuild the run from its :class:`RunConfig`; classes that tests or users registered
+at run time travel as the modules (or files) that define them.
 """
 
 from __future__ import annotations
@@ -56,10 +58,9 @@ class WorkerSetup:
     config: RunConfig
     modules: tuple[str, ...]  # modules registering the run's suite/adapters, to import
     files: tuple[str, ...] = field(default=())  # file adapters: path.py:Class
-    threads: int = 1
 
 
-def worker_setup(runner: Runner, threads: int) -> WorkerSetup:
+def worker_setup(runner: Runner) -> WorkerSetup:
     from benchmark.plugins import adapter_origin
 
     classes: list[type] = [type(runner.suite)]
@@ -74,21 +75,19 @@ def worker_setup(runner: Runner, threads: int) -> WorkerSetup:
             files.add(f"{adapter_origin(cls)}:{cls.__qualname__}")
         elif cls.__module__ != "__main__":
             modules.add(cls.__module__)
-    return WorkerSetup(runner.config, tuple(sorted(modules)), tuple(sorted(files)), threads)
+    return WorkerSetup(runner.config, tuple(sorted(modules)), tuple(sorted(files)))
 
 
 _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(setup: WorkerSetup, lock: Any = None, counter: Any = None) -> None:
-    import torch
     from tqdm.auto import tqdm
 
     from benchmark.plugins import load_file_adapter
     from benchmark.registry import load_builtins
     from benchmark.runner import Runner
 
-    torch.set_num_threads(setup.threads)
     if lock is not None:
         tqdm.set_lock(lock)
     if counter is not None:
@@ -115,12 +114,11 @@ def _launch_processes(runner: Runner, jobs: list[Job], on_records: OnRecords) ->
     from tqdm.auto import tqdm
 
     workers = min(runner.config.workers, len(jobs))
-    threads = max(1, (os.cpu_count() or 1) // workers)
     context = get_context("spawn")
     counter = context.Value("i", 0)
     lock = context.RLock()  # one lock for every bar's writes, parent and workers
     tqdm.set_lock(lock)
-    setup = worker_setup(runner, threads)
+    setup = worker_setup(runner)
     jobs = spread_checkpoints(jobs)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(setup, lock, counter)) as pool:
@@ -175,12 +173,13 @@ def _launch_ray(runner: Runner, jobs: list[Job], on_records: OnRecords) -> None:
         if config.ray_address not in (None, "", "local"):
             kwargs["address"] = config.ray_address
         else:
-            kwargs["num_cpus"] = config.workers if config.workers > 1 else os.cpu_count()
+            cpus = config.workers * config.threads if config.workers > 1 else os.cpu_count()
+            kwargs["num_cpus"] = cpus
         ray.init(**kwargs)
     try:
-        setup = worker_setup(runner, threads=1)
+        setup = worker_setup(runner)
         gpu = 1 if runner.device.type == "cuda" else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpu, max_retries=0)(_ray_job)
+        task = ray.remote(num_cpus=config.threads, num_gpus=gpu, max_retries=0)(_ray_job)
         setup_ref = ray.put(setup)
         pending = {task.remote(setup_ref, job): job for job in spread_checkpoints(jobs)}
         while pending:

@@ -69,6 +69,7 @@ class RunConfig:
     source_checkpoint: Path | None = None  # the user's trained source weights
     progress: bool = True
     workers: int = 1
+    threads: int = 1  # torch intra-op threads per job (see Runner.__init__)
     launcher: str = "local"
     ray_address: str | None = None
 
@@ -151,6 +152,12 @@ class Runner:
             raise ShiftbenchError("a run needs at least one protocol, batch size and seed")
         self.config = config
         self.device = resolve_device(config.device)
+        # CPU results depend on the intra-op thread count (it changes the order of float
+        # sums, and training amplifies that), so every job, in this process, a worker or a
+        # Ray task, computes with the same count: launchers then agree to the last digit.
+        if config.threads < 1:
+            raise ShiftbenchError(f"--threads must be >= 1, got {config.threads}")
+        torch.set_num_threads(config.threads)
         self.suite: Suite = SUITES.get(config.suite)(root=config.data_root,
                                                       download=config.download)
         self.store = ResultStore(config.results)
@@ -226,6 +233,7 @@ class Runner:
             "architecture": self._architecture_hash(adapter),
             "training": adapter.training_signature(),
             "seed": seed,
+            **self._threads(),
         }
         if target is not None:
             if target not in self._target_digests:
@@ -241,6 +249,13 @@ class Runner:
             model = adapter.prepare(self.suite.build_model())
             self._architectures[config] = stable_hash(repr(model))
         return self._architectures[config]
+
+    def _threads(self) -> dict[str, int]:
+        """Part of an identity when it is not the default (1 thread): CPU numbers computed
+        with another thread count are other numbers."""
+        if self.device.type == "cuda" or self.config.threads == 1:
+            return {}
+        return {"threads": self.config.threads}
 
     def _load_user_weights(self) -> tuple[dict[str, torch.Tensor], str]:
         if self._user_weights is None:
@@ -298,6 +313,7 @@ class Runner:
             "batch_size": batch_size,
             "seed": seed,
             "domain": domain,
+            **self._threads(),
         }
         role = "source" if domain == self.suite.source else "target"
         return PlannedCell(spec, seed, domain, role, stable_hash(identity), identity)
