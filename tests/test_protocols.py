@@ -89,7 +89,7 @@ def test_every_protocol_gives_one_row_per_adapter_and_protocol(tmp_path):
     for row in cont.itertuples():
         curve = json.loads(row.curve)
         assert len(curve) == -(-row.n_examples // row.batch_size)  # one point per batch
-        assert curve[-1] == pytest.approx(row.score)
+        assert curve[-1] == pytest.approx(row.score, abs=0.006)  # the CSV rounds scores
         assert json.loads(row.protocol_params)["order"] == list(targets)
 
 
