@@ -119,8 +119,12 @@ class ContextNormDA(Adapter):
     detached). With ``target_updates="all"`` (the seed's end-to-end training) the single-view
     self-training collapsed onto one or two classes (10-25% on digits-m, below source
     only's 55-57%) with either objective; restricted to CN it reached 68.6%
-    (pseudo-label) and 61.7% (infomax). At test time the stream's role picks the context
-    (target domain: 1, source domain: 0).
+    (pseudo-label) and 61.7% (infomax). It can still collapse: on seed 2 the target
+    context's sigma_r grew tenfold on one channel within the first 50-75 steps (the source
+    model still unconfident, so the relative threshold admits nearly every pseudo-label),
+    all target predictions saturated onto one class, and there both objectives have zero
+    gradient, so training never leaves it (10.2% with either). At test time the stream's
+    role picks the context (target domain: 1, source domain: 0).
 
     Trains: the whole network on source labels; the CN layer (mu/sigma networks, affine)
     also on the target loss. Adapts: nothing at test time. Resets: the model state of

@@ -12,6 +12,7 @@ Training (once per seed and training signature; skipped when the checkpoint is c
         if adapter.setting == "da":                 # unlabeled target batches, images only
             adapter.set_context(model, {"role": "target", "domain": <target>})
             loss += adapter.target_loss(model, x_target)   # None adds nothing
+    adapter.finish_training(model, images)  # once, after the last step: final statistics
 
 Batches are shuffled across the whole source set, unless ``batch_key`` names a side-info
 field (``"camera"``, ``"domain"``): then every batch holds a single value of it (DSBN,
@@ -27,8 +28,8 @@ Test time (once per cell, on a fresh copy of the trained model)::
     adapter.reset()           # back to the state right after attach (protocols use it)
 
 A subclass overrides only the hooks it needs. Target data reaches an adapter only
-through a :class:`TargetStream` (or ``target_loss`` in training), which carries images and
-side information such as a camera id, never labels; the runner
+through a :class:`TargetStream` (or ``target_loss`` / ``finish_training`` in training),
+which carries images and side information such as a camera id, never labels; the runner
 alone holds the labels and computes every score.
 """
 
@@ -101,6 +102,21 @@ class TargetStream:
             yield self._order[start : start + self.batch_size]
 
 
+class TrainingImages(Protocol):
+    """The training images as :meth:`Adapter.finish_training` sees them: un-augmented
+    batches in the training loop's batching (single ``batch_key`` value per batch)."""
+
+    def source(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        """(images, context) per source batch; the context is what ``set_context`` gets in
+        training (``role`` "source" and the batch's side-information fields)."""
+        ...
+
+    def target(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        """(images, context) per batch of the unlabeled target training images (``da``
+        only; empty otherwise); the context is ``role`` "target" and the ``domain``."""
+        ...
+
+
 class Adapter:
     """Base class of every adaptation method. See the module docstring for the lifecycle.
 
@@ -158,6 +174,12 @@ class Adapter:
         ``set_context(role="target")``), added to the step's loss; None adds nothing. A
         forward pass here also updates target-branch statistics, as DSBN's training does."""
         return None
+
+    def finish_training(self, model: nn.Module, data: TrainingImages) -> None:
+        """Once after the last optimizer step, before the checkpoint is saved, with the
+        model in train mode: re-estimate statistics with the final weights (Switchable
+        Norm's batch average, DSBN's target branch). ``data`` gives the training images
+        again, never labels. Default: nothing."""
 
     def code_hash(self) -> str:
         """Hash of the code that decides this adapter's results (its defining file)."""

@@ -1,11 +1,11 @@
 """Composing a training-time adapter with a test-time one: ``ibn_a+tent``, ``dsbn+adabn``.
 
 The rule, defined once here and nowhere per pair: the *first* part owns training (its
-``prepare``, ``extra_loss``, ``set_context``, ``target_loss``, ``batch_key`` and
-training signature, so ``ibn_a`` and ``ibn_a+tent`` share one checkpoint), the *second*
-part owns test time (``setup``, ``adapt``, ``predict``). At test time the first part still
-sees the context first (DSBN picks its target branch), then the second part adapts the
-resulting model. The second part must not change training.
+``prepare``, ``extra_loss``, ``set_context``, ``target_loss``, ``finish_training``,
+``batch_key`` and training signature, so ``ibn_a`` and ``ibn_a+tent`` share one
+checkpoint), the *second* part owns test time (``setup``, ``adapt``, ``predict``). At test
+time the first part still sees the context first (DSBN picks its target branch), then the
+second part adapts the resulting model. The second part must not change training.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.adapter import Adapter, TargetStream
+from benchmark.adapter import Adapter, TargetStream, TrainingImages
 
 
 class Composite(Adapter):
@@ -52,6 +52,9 @@ class Composite(Adapter):
 
     def target_loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return self.train_part.target_loss(model, x)
+
+    def finish_training(self, model: nn.Module, data: TrainingImages) -> None:
+        self.train_part.finish_training(model, data)
 
     def training_signature(self) -> dict[str, Any] | None:
         return self.train_part.training_signature()

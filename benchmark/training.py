@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -83,6 +84,30 @@ class _UnlabeledBatches:
         return self.images[self._pending.pop(0)]
 
 
+class _TrainingImages:
+    """What ``Adapter.finish_training`` gets: the last epoch's source batches and the
+    target training images, un-augmented, without labels."""
+
+    def __init__(self, data: DomainData, batches: list[torch.Tensor],
+                 target: tuple[str, torch.Tensor] | None, batch_size: int,
+                 device: torch.device) -> None:
+        self._data, self._batches, self._target = data, batches, target
+        self._batch_size, self._device = batch_size, device
+
+    def source(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        for index in self._batches:
+            context = {"role": "source", **{k: v[index] for k, v in self._data.extra.items()}}
+            yield self._data.images[index].to(self._device), context
+
+    def target(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        if self._target is None:
+            return
+        domain, images = self._target
+        for start in range(0, len(images), self._batch_size):
+            batch = images[torch.arange(start, min(start + self._batch_size, len(images)))]
+            yield batch.to(self._device), {"role": "target", "domain": domain}
+
+
 def train_source(
     model: nn.Module,
     data: DomainData,
@@ -150,5 +175,8 @@ def train_source(
     bar.close()
     if not math.isfinite(last_loss):
         raise FloatingPointError(f"source training diverged (final loss {last_loss})")
+    with torch.no_grad():
+        adapter.finish_training(model, _TrainingImages(data, epochs[-1], target,
+                                                       recipe.batch_size, device))
     model.eval()
     return {"train_s": time.perf_counter() - start, "final_loss": last_loss, "steps": total}

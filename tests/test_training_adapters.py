@@ -152,7 +152,7 @@ def test_dsbn_keeps_source_keys_and_adds_a_target_branch_per_bn():
 
 def test_dsbn_branches_have_separate_statistics_and_affine_parameters():
     torch.manual_seed(0)
-    adapter = ADAPTERS.get("dsbn")()
+    adapter = ADAPTERS.get("dsbn")(target_statistics="running")
     model = adapter.prepare(SmallResNet(10)).train()
     stem: DomainSpecificBatchNorm = model.stem[1]
     x_source, x_target = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32) * 0.3 + 0.5
@@ -377,3 +377,44 @@ def test_training_loop_with_each_adapter(small_data, name, hparams):
                                after["stem.1.target.running_mean"])
     if name == "isw":
         assert adapter.mask_ready
+
+
+def test_dsbn_final_target_statistics_average_the_target_images_with_the_final_weights(
+        small_data):
+    """``target_statistics="final"``: the same training as ``"running"`` (identical shared
+    weights and source branch), but the target branch's statistics are the average over the
+    target training images passed once through the final network."""
+    suite, data, target_images, recipe = small_data
+    states = {}
+    for mode in ("final", "running"):
+        adapter = ADAPTERS.get("dsbn")(target_statistics=mode)
+        torch.manual_seed(0)
+        model = adapter.prepare(suite.build_model())
+        train_source(model, data, recipe, 0, adapter, torch.device("cpu"), progress=False,
+                     target=("digits-m", target_images))
+        states[mode] = model.state_dict()
+    final, running = states["final"], states["running"]
+    shared = [k for k in final if ".target." not in k]
+    assert shared and all(torch.equal(final[k], running[k]) for k in shared)
+    assert not torch.equal(final["stem.1.target.running_mean"],
+                           running["stem.1.target.running_mean"])
+    # the stem's target statistics: its convolution's channel means over the target images
+    # (64 images in two batches of 32: the average of batch means is the overall mean)
+    with torch.no_grad():
+        expected = model.stem[0](target_images).mean((0, 2, 3))
+    torch.testing.assert_close(final["stem.1.target.running_mean"], expected)
+
+
+@pytest.mark.parametrize("mode", ["batch_average", "moving_average"])
+def test_switchable_norm_batch_average_after_training(small_data, mode):
+    """The paper's "batch average": after training, each layer's BN statistics are the plain
+    average over training mini-batches with the final weights."""
+    suite, data, _, recipe = small_data
+    adapter = ADAPTERS.get("switchable_norm")(bn_statistics=mode)
+    torch.manual_seed(0)
+    model = adapter.prepare(suite.build_model())
+    train_source(model, data, recipe, 0, adapter, torch.device("cpu"), progress=False)
+    with torch.no_grad():  # the last epoch: all 64 images in two batches of 32, un-augmented
+        expected = model.stem[0](data.images).mean((0, 2, 3))
+    averaged = torch.allclose(model.stem[1].running_mean, expected, atol=1e-5, rtol=1e-4)
+    assert averaged == (mode == "batch_average")
