@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.adapter import Adapter, TargetStream
+from benchmark.norm import estimate_statistics
 from benchmark.registry import ADAPTERS
 
 
@@ -170,36 +171,4 @@ class CameraBN(Adapter):
         if not self._needs_statistics:
             return
         model = self._require_model()
-        layers = camera_layers(model)
-        sums: dict[nn.Module, list[Any]] = {}
-
-        def accumulate(bn: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().double()
-            dims = [d for d in range(x.ndim) if d != 1]
-            acc = sums.setdefault(bn, [0, 0.0, 0.0])
-            acc[0] += x.numel() // x.shape[1]
-            acc[1] = acc[1] + x.sum(dims)
-            acc[2] = acc[2] + (x * x).sum(dims)
-
-        handles = [layer.register_forward_pre_hook(accumulate) for layer in layers]
-        model.eval()
-        for layer in layers:  # batch statistics, no running update, during the pass
-            layer.train()
-            layer.track_running_stats = False
-        try:
-            with torch.no_grad():
-                for x in stream:
-                    model(x)
-        finally:
-            for h in handles:
-                h.remove()
-            for layer in layers:
-                layer.track_running_stats = True
-        with torch.no_grad():
-            for layer in layers:
-                count, total, total_sq = sums[layer]
-                mean = total / count
-                var = (total_sq - count * mean * mean) / max(count - 1, 1)
-                layer.running_mean.copy_(mean.float())
-                layer.running_var.copy_(var.clamp_min(0).float())
-        model.eval()
+        estimate_statistics(model, camera_layers(model), stream)

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from adapters.tent import softmax_entropy
 from benchmark.adapter import Adapter, TrainingImages
-from benchmark.norm import require_batchnorm
+from benchmark.norm import estimate_statistics, require_batchnorm
 from benchmark.registry import ADAPTERS
 from benchmark.surgery import replace_modules
 
@@ -92,11 +92,11 @@ class DSBN(Adapter):
     batch per step through the target branches (the paper's training loop; the target
     branches' running averages follow the changing weights); ``"final"`` (default) passes
     the target training images through them once after the last step, with the final
-    weights, and sets their statistics to the average over those batches. Nothing else
-    differs (the source branch and shared weights are identical in both), and since no
-    gradient flows through the target branch in the plain form, "final" is what the running
-    average approaches as the learning rate anneals -- without the extra forward per step
-    (+38% training time on digits). With a target objective the target batches are needed
+    weights, and sets their statistics to those of all these images (AdaBN's estimator).
+    Nothing else differs (the source branch and shared weights are identical in both), and
+    since no gradient flows through the target branch in the plain form, "final" is what the
+    running average approaches as the learning rate anneals -- without the extra forward per
+    step (+38% training time on digits). With a target objective the target batches are needed
     every step, so "running" is always used. The paper always pairs DSBN with a target
     loss (MSTN/CPUA in its stage 1, pseudo-label self-training in stage 2); two simple
     ones are options: ``"entropy"`` (mean prediction entropy) and ``"pseudo_label"``
@@ -156,14 +156,7 @@ class DSBN(Adapter):
     def finish_training(self, model: nn.Module, data: TrainingImages) -> None:
         if not self._final_statistics():
             return
-        branches = [layer.branch("target") for layer in dsbn_layers(model)]
-        momenta = [bn.momentum for bn in branches]
-        for bn in branches:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the batches below
         select_domain(model, "target")
-        for images, _ in data.target():
-            model(images)
+        estimate_statistics(model, [layer.branch("target") for layer in dsbn_layers(model)],
+                            (images for images, _ in data.target()))
         select_domain(model, "source")
-        for bn, momentum in zip(branches, momenta, strict=True):
-            bn.momentum = momentum
