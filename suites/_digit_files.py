@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from benchmark.errors import DatasetNotFoundError
 from benchmark.store import atomic_write_bytes, atomic_write_text
+from suites._cache import cache_dir
 
 
 class CorruptFileError(DatasetNotFoundError):
@@ -136,10 +136,9 @@ def read_bytes(path: Path) -> bytes:
 
 
 def _cache_dir() -> Path:
-    """``$SHIFTBENCH_CACHE/verified``, else ``~/.cache/shiftbench/verified`` (the location
-    suites/_cache.py uses too); deleting it only costs a re-hash."""
-    env = os.environ.get("SHIFTBENCH_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "shiftbench") / "verified"
+    """``verified/`` in the shared cache (suites/_cache.py); deleting it only costs a re-hash.
+    Not :func:`suites._cache.file_digests`: MNIST's sums are of the *uncompressed* content."""
+    return cache_dir() / "verified"
 
 
 def _stamp_path(path: Path, expected: str) -> Path:
