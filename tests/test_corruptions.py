@@ -6,6 +6,7 @@ scikit-image and PIL."""
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -296,3 +297,38 @@ def test_truncating_cast_biases_down(batch):
     cast = corrupt(batch, "gaussian_blur", 3, seed=0)
     bias = ((cast - exact) * 255).mean().item()
     assert -0.7 < bias < -0.3
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+@pytest.mark.parametrize("value", [1 / 255, 37 / 255, 128 / 255, 1.0, 0.3337])  # last: off-grid
+def test_shot_noise_draws_follow_the_poisson_law(severity, value):
+    """Our sampler (table inversion on the 8-bit grid, plus torch.poisson off it) against
+    the Poisson pmf: chi-square goodness of fit over 120k draws, and the mean."""
+    from scipy import stats
+
+    from suites.corruptions.noise import SHOT_NOISE, shot_noise
+
+    photons = SHOT_NOISE[severity - 1]
+    x = torch.full((40, 3, 32, 32), value)
+    gen = torch.Generator().manual_seed(severity)
+    counts = torch.round(shot_noise(x.clone(), severity, gen) * photons).long().flatten()
+    rate = value * photons
+    ks = np.arange(int(counts.max()) + 2)
+    expected = stats.poisson.pmf(ks, rate) * len(counts)
+    expected[-1] += stats.poisson.sf(ks[-1], rate) * len(counts)
+    observed = np.bincount(counts.numpy(), minlength=len(ks)).astype(float)
+    # merge sparse bins (expected < 5) into their neighbours, as the test requires
+    merged_obs, merged_exp, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected, strict=True):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 5:
+            merged_obs.append(acc_o)
+            merged_exp.append(acc_e)
+            acc_o = acc_e = 0.0
+    merged_obs[-1] += acc_o
+    merged_exp[-1] += acc_e
+    if len(merged_obs) > 1:
+        p = stats.chisquare(merged_obs, np.array(merged_exp) * sum(merged_obs) / sum(merged_exp)
+                            ).pvalue
+        assert p > 1e-4
+    assert abs(counts.double().mean().item() - rate) < 5 * math.sqrt(rate / len(counts)) + 1e-9

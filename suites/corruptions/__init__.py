@@ -19,6 +19,10 @@ not pixel for pixel.
 truncates (about -0.5/255 mean bias). Steps inside a corruption that the script performs in
 8 bits (PIL resizing and JPEG, ImageMagick's PNG output, glass blur's and spatter's uint8
 casts) are always 8-bit.
+
+Every corruption function receives a private, contiguous float32 copy of the batch and may
+work on it in place; tables that depend only on the image size and severity (resampling
+matrices, the zoom operator, the shot-noise inversion tables) are built once and cached.
 """
 
 from __future__ import annotations
@@ -86,12 +90,11 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int,
         return images.clone()
     gen = torch.Generator(device=images.device)
     gen.manual_seed(seed)
-    x = images.float().clamp(0, 1)  # a new tensor: the in-place steps below never touch input
+    # A new, contiguous float32 copy: the corruption functions own it and work in place.
+    x = images.to(torch.float32, memory_format=torch.contiguous_format, copy=True).clamp_(0, 1)
     if quantize:
         x = x.mul_(255).round_().div_(255)
-    out = _FUNCTIONS[name](x, severity, gen)
+    out = _FUNCTIONS[name](x, severity, gen).clamp_(0, 1)  # always a tensor of our own
     if quantize:  # np.uint8(...) truncates; the epsilon keeps on-grid values on the grid
-        out = out.clamp(0, 1).mul_(255).add_(1e-4).floor_().div_(255)
-    else:
-        out = out.clamp(0, 1)
+        out = out.mul_(255).add_(1e-4).floor_().div_(255)
     return out.to(images.dtype)

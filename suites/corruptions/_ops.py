@@ -58,11 +58,32 @@ def correlate(x: torch.Tensor, kernel: torch.Tensor, mode: Border) -> torch.Tens
     return F.conv2d(padded, weight, groups=n * c).reshape(n, c, h, w)
 
 
+@functools.cache
+def border_matrix(n: int, taps: tuple[float, ...], mode: Border, device, dtype
+                  ) -> torch.Tensor:
+    """The (n, n) matrix of correlating a length-n axis with ``taps`` under ``mode``:
+    row i holds the taps at the source indices of window i, summed where the border
+    folds several onto one pixel."""
+    r = len(taps) // 2
+    source = border_index(n, r, r, mode, "cpu")
+    matrix = torch.zeros((n, n), dtype=torch.float64)
+    rows = torch.arange(n)
+    for k, tap in enumerate(taps):
+        matrix.index_put_((rows, source[k:k + n]), torch.tensor(tap, dtype=torch.float64)
+                          .expand(n), accumulate=True)
+    return matrix.to(device=device, dtype=dtype)
+
+
 def separable(x: torch.Tensor, taps: torch.Tensor, mode: Border) -> torch.Tensor:
     """Correlate with ``taps`` along rows, then along columns (a separable filter)."""
     r = len(taps) // 2
     h, w = x.shape[-2:]
     weights = taps.tolist()
+    if len(weights) >= 9 or mode not in _NATIVE_PAD or r >= min(h, w):
+        # long kernels and non-native borders: two small matrix products (BLAS) beat a
+        # sum of many slices of a padded copy; equal up to float rounding
+        rows = x @ border_matrix(w, tuple(weights), mode, x.device, x.dtype).T
+        return border_matrix(h, tuple(weights), mode, x.device, x.dtype) @ rows
     # a sum of shifted slices: for the short kernels here faster than conv2d on CPU
     padded = pad(x, (0, 0), (r, r), mode)
     rows = padded[..., 0:w] * weights[0]
@@ -115,18 +136,21 @@ def clipped_zoom_taps(n: int, factor: float) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([top + lo, top + hi], 1), np.stack([1 - frac, frac], 1)
 
 
+@functools.cache
+def clipped_zoom_matrix(n: int, factor: float, device, dtype) -> torch.Tensor:
+    """``clipped_zoom_taps`` as an (n, n) interpolation matrix."""
+    source, weights = clipped_zoom_taps(n, factor)
+    matrix = torch.zeros((n, n), dtype=torch.float64)
+    matrix.index_put_((torch.arange(n)[:, None].expand(-1, 2), torch.from_numpy(source)),
+                      torch.from_numpy(weights), accumulate=True)
+    return matrix.to(device=device, dtype=dtype)
+
+
 def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``clipped_zoom`` of the last two axes."""
     h, w = x.shape[-2:]
-    (rows, row_weights), (cols, col_weights) = clipped_zoom_taps(h, factor), clipped_zoom_taps(
-        w, factor)
-    mh = torch.zeros((h, h), dtype=torch.float64)
-    mw = torch.zeros((w, w), dtype=torch.float64)
-    mh.index_put_((torch.arange(h)[:, None].expand(-1, 2), torch.from_numpy(rows)),
-                  torch.from_numpy(row_weights), accumulate=True)
-    mw.index_put_((torch.arange(w)[:, None].expand(-1, 2), torch.from_numpy(cols)),
-                  torch.from_numpy(col_weights), accumulate=True)
-    return mh.to(x) @ x @ mw.to(x).T
+    mh = clipped_zoom_matrix(h, factor, x.device, x.dtype)
+    return mh @ x @ clipped_zoom_matrix(w, factor, x.device, x.dtype).T
 
 
 @functools.cache
@@ -153,14 +177,12 @@ def mean_of_zooms_operator(h: int, w: int, factors: tuple[float, ...]) -> torch.
 
 
 @functools.cache
-def pil_box_resampler(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                             torch.Tensor]:
+def pil_box_resampler(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pillow's BOX resampling of one axis of uint8 data (Resample.c: precompute_coeffs and
     normalize_coeffs_8bpc). Each output pixel averages the k input pixels whose centres fall
     in its box; Pillow stores the weight 1/k as the integer q = round(2**22 / k) and outputs
-    (sum * q + 2**21) >> 22. Returns the 0/1 membership matrix (out, in), and for exact
-    8-bit results a lookup table of that formula over every possible sum with a per-output
-    offset into it (sums are integers, so float32 holds them exactly)."""
+    (sum * q + 2**21) >> 22. Returns the 0/1 membership matrix (out, in) as float32 (sums
+    of uint8 values are exact integers in float32) and q per output, int32."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
@@ -172,20 +194,39 @@ def pil_box_resampler(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.
         offsets = (np.arange(lo, hi) - center + 0.5) / filterscale
         members[o, lo:hi] = (offsets > -0.5) & (offsets <= 0.5)
     counts = members.sum(1).astype(np.int64)
-    tables, starts, start = [], [], 0
-    for k in counts:
-        q = int(np.floor(0.5 + (1 << 22) / k)) if k else 0
-        tables.append(np.clip((np.arange(255 * k + 1) * q + (1 << 21)) >> 22, 0, 255))
-        starts.append(start)
-        start += 255 * k + 1
-    return (torch.from_numpy(members), torch.from_numpy(np.concatenate(tables)).float(),
-            torch.tensor(starts, dtype=torch.int64))
+    q = np.floor(0.5 + (1 << 22) / np.maximum(counts, 1)).astype(np.int32)
+    return torch.from_numpy(members), torch.from_numpy(q)
 
 
-def _pil_box_last_axis(x: torch.Tensor, out_size: int) -> torch.Tensor:
-    members, table, starts = (t.to(x.device) for t in pil_box_resampler(x.shape[-1], out_size))
-    sums = x.reshape(-1, x.shape[-1]) @ members.T  # one 2-D product: faster than batched
-    return torch.take(table, sums.long() + starts).reshape(*x.shape[:-1], out_size)
+@functools.cache
+def pil_box_round_trip(size: int, small: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis of a PIL BOX resize from ``size`` down to ``small`` and back up, as one
+    membership matrix (size, size) and one q per output. Upscaling by BOX copies exactly
+    one input pixel per output (its box is narrower than a pixel), so the way back is a
+    selection; it commutes with the rounding of the way down and with the other axis's
+    pass, and the two passes fold into one."""
+    down, q = pil_box_resampler(size, small)
+    up, up_q = pil_box_resampler(small, size)
+    if not (bool((up.sum(1) == 1).all()) and bool((up_q == 1 << 22).all())):
+        raise ValueError(f"a BOX resize from {small} to {size} is not a selection")
+    picked = up.argmax(1)
+    return down[picked].contiguous(), q[picked].contiguous()
+
+
+def _pil_fixed_point(sums: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Pillow's 8-bit rounding (sum * q + 2**21) >> 22, in int32: sums are at most 255 k
+    and q about 2**22 / k, so nothing overflows, and the result never exceeds 255."""
+    out = sums.to(torch.int32).mul_(q).add_(1 << 21).bitwise_right_shift_(22)
+    return out.to(sums.dtype)
+
+
+def _pil_box_matrix(x: torch.Tensor, members: torch.Tensor, q: torch.Tensor, axis: int
+                    ) -> torch.Tensor:
+    members, q = members.to(device=x.device, dtype=x.dtype), q.to(x.device)
+    if axis == -1:  # one 2-D product: faster than a batched one
+        sums = (x.reshape(-1, x.shape[-1]) @ members.T).reshape(*x.shape[:-1], -1)
+        return _pil_fixed_point(sums, q)
+    return _pil_fixed_point(members @ x, q[:, None])
 
 
 def pil_box_resize(x_u8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -195,9 +236,21 @@ def pil_box_resize(x_u8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = x_u8.shape[-2:]
     x = x_u8.float()
     if w_out != w:
-        x = _pil_box_last_axis(x, w_out)
+        x = _pil_box_matrix(x, *pil_box_resampler(w, w_out), axis=-1)
     if h_out != h:
-        x = _pil_box_last_axis(x.transpose(-1, -2), h_out).transpose(-1, -2)
+        x = _pil_box_matrix(x, *pil_box_resampler(h, h_out), axis=-2)
+    return x.to(x_u8.dtype)
+
+
+def pil_box_down_up(x_u8: torch.Tensor, small: tuple[int, int]) -> torch.Tensor:
+    """``pil_box_resize(pil_box_resize(x, small), original size)`` in two passes instead of
+    four (see ``pil_box_round_trip``); float tensors holding 0..255."""
+    h, w = x_u8.shape[-2:]
+    x = x_u8.float()
+    if small[1] != w:
+        x = _pil_box_matrix(x, *pil_box_round_trip(w, small[1]), axis=-1)
+    if small[0] != h:
+        x = _pil_box_matrix(x, *pil_box_round_trip(h, small[0]), axis=-2)
     return x.to(x_u8.dtype)
 
 
@@ -205,36 +258,63 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angle_deg: torch.T
                 ) -> torch.Tensor:
     """ImageMagick's MotionBlurImage (the script's Wand call), one angle per image: a
     one-sided Gaussian of width 2*ceil(radius)+1 along the angle, sampled at whole-pixel
-    offsets ceil(i*cos - 0.5), ceil(i*sin - 0.5), image edges extended."""
+    offsets ceil(i*cos - 0.5), ceil(i*sin - 0.5), image edges extended.
+
+    Every tap is a per-image shift of the edge-padded batch. With the images sorted by
+    angle, a tap's shift is the same over runs of neighbouring images, and a run is one
+    sliced multiply-add; a tap whose shifts change too often for that (long taps, small
+    runs) is one gather instead. Both add the taps in order, so the result is the same."""
     n, c, h, w = x.shape
     width = 2 * math.ceil(radius) + 1
     steps = torch.arange(width, dtype=torch.float64, device=x.device)
     taps = torch.exp(-steps**2 / (2 * sigma**2))
     taps = (taps / taps.sum()).tolist()
-    theta = torch.deg2rad(angle_deg.to(torch.float64))[:, None]
+    order = torch.argsort(angle_deg)
+    theta = torch.deg2rad(angle_deg[order].to(torch.float64))[:, None]
     dx = torch.ceil(steps[None] * torch.cos(theta) - 0.5).long()  # (N, width)
     dy = torch.ceil(steps[None] * torch.sin(theta) - 0.5).long()
-    # Edge-pad once; every tap is then a per-image shift of one flat index grid.
-    r = width - 1
-    padded = pad(x, (r, r), (r, r), "edge")
-    pw = w + 2 * r
+    top, bottom = max(0, -int(dy.min())), max(0, int(dy.max()))
+    left, right = max(0, -int(dx.min())), max(0, int(dx.max()))
+    padded = pad(x.index_select(0, order), (top, bottom), (left, right), "edge")
+    pw = w + left + right
+    shift = (dy + top) * pw + dx + left  # (N, width): flat offset of each tap's window
+    shift_list = shift.T.tolist()  # (width, N)
+    # A run costs one small op (~7 us on CPU), a gather ~1.2 ns per value; on GPUs
+    # launches dominate, so gather always there.
+    run_limit = n * c * h * w / 6000 if x.device.type == "cpu" else 0
+    out = torch.zeros_like(x)
     flat = padded.reshape(n, c, -1)
-    grid = ((torch.arange(h, device=x.device)[:, None] + r) * pw
-            + torch.arange(w, device=x.device)[None, :] + r).reshape(1, 1, -1)
-    shifts = (dy * pw + dx)[:, None, :]  # (N, 1, width)
-    out = torch.zeros((n, c, h * w), dtype=x.dtype, device=x.device)
-    for i in range(width):
-        index = (grid + shifts[:, :, i:i + 1]).expand(n, c, -1)
-        out.add_(flat.gather(2, index), alpha=taps[i])
-    return out.reshape(n, c, h, w)
+    grid = (torch.arange(h, device=x.device)[:, None] * pw
+            + torch.arange(w, device=x.device)[None, :]).reshape(1, 1, -1)
+    for i, shifts in enumerate(shift_list):
+        starts = [a for a in range(n) if a == 0 or shifts[a] != shifts[a - 1]]
+        if len(starts) > run_limit:
+            index = (grid + shift[:, i, None, None]).expand(n, c, -1)
+            out.add_(flat.gather(2, index).view(n, c, h, w), alpha=taps[i])
+            continue
+        for a, b in zip(starts, starts[1:] + [n], strict=True):
+            y0, x0 = divmod(shifts[a], pw)
+            out[a:b].add_(padded[a:b, :, y0:y0 + h, x0:x0 + w], alpha=taps[i])
+    return out.index_select(0, torch.argsort(order))
 
 
 def round_u8(x: torch.Tensor) -> torch.Tensor:
-    """An 8-bit image file round trip (PNG through ImageMagick): round to 1/255."""
-    return torch.round(x.clamp(0, 1) * 255) / 255
+    """An 8-bit image file round trip (PNG through ImageMagick): round to 1/255, in place."""
+    return x.clamp_(0, 1).mul_(255).round_().div_(255)
 
 
 def truncate_u8(x: torch.Tensor) -> torch.Tensor:
-    """``np.uint8(x * 255) / 255`` for x in [0, 1]: the script's truncating cast. The small
-    epsilon keeps values already on the 1/255 grid there despite float32 rounding."""
-    return torch.floor(x.clamp(0, 1) * 255 + 1e-4) / 255
+    """``np.uint8(x * 255) / 255`` for x in [0, 1]: the script's truncating cast, in place.
+    The small epsilon keeps values already on the 1/255 grid there despite float32
+    rounding."""
+    return x.clamp_(0, 1).mul_(255).add_(1e-4).floor_().div_(255)
+
+
+def mask_of(comparison, a: torch.Tensor, b) -> torch.Tensor:
+    """``comparison(a, b)`` (torch.lt, torch.ge, ...) as a float 0/1 tensor. Boolean masks
+    and torch.where are an order of magnitude slower than float arithmetic on CPU here, so
+    the corruptions select with masks like this one: ``a * (1 - m) + b * m`` is exactly
+    ``where(m, b, a)`` for finite a and b."""
+    out = torch.empty(torch.broadcast_shapes(a.shape, torch.as_tensor(b).shape),
+                      dtype=a.dtype, device=a.device)
+    return comparison(a, b, out=out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -18,6 +19,7 @@ ZOOM_BLUR = tuple(tuple(np.arange(1, stop, 0.01)) for stop in (1.06, 1.11, 1.16,
 GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma
 
 
+@functools.cache
 def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     """The script's ``disk``: an aliased disk on a 17x17 grid, normalised, then
     cv2.GaussianBlur with a 3x3 kernel of sigma ``alias_blur``. For radius < 1 the disk is
@@ -51,7 +53,7 @@ def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Te
     only in a small blur sigma and look nearly alike."""
     sigma, delta, iterations = GLASS_BLUR[severity - 1]
     n, c, h, w = x.shape
-    x = _ops.truncate_u8(_ops.gaussian(x, sigma))
+    x = _ops.truncate_u8(_ops.gaussian(x, sigma))  # in place: x is ours
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
     inside = (((rows > delta) & (rows <= h - delta))[:, None]
@@ -78,12 +80,20 @@ def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Ten
     """The mean of the image and its clipped zooms by 1.00, 1.01, ... (the script's float
     aranges): one sparse matrix product with the cached operator."""
     n, c, h, w = x.shape
-    operator = _ops.mean_of_zooms_operator(h, w, ZOOM_BLUR[severity - 1])
+    operator = _zoom_operator(h, w, ZOOM_BLUR[severity - 1], x.device, x.dtype)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        operator = operator.to(device=x.device, dtype=x.dtype).to_sparse_csr()
         flat = x.reshape(n * c, h * w).T
         return (operator @ flat).T.reshape(n, c, h, w)
+
+
+@functools.cache
+def _zoom_operator(h: int, w: int, factors: tuple[float, ...], device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        operator = _ops.mean_of_zooms_operator(h, w, factors)
+        return operator.to(device=device, dtype=dtype).to_sparse_csr()
 
 
 def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:

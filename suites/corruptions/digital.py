@@ -32,7 +32,8 @@ def brightness(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Te
     V' / V; black (V = 0, saturation 0) becomes grey c."""
     value = x.amax(1, keepdim=True)
     lifted = (value + BRIGHTNESS[severity - 1]).clamp(max=1)
-    return torch.where(value > 0, x * (lifted / value.clamp(min=1e-12)), lifted)
+    black = _ops.mask_of(torch.le, value, 0).mul_(lifted)  # x is 0 there: x * factor + c
+    return x.mul_(lifted / value.clamp(min=1e-12)).add_(black)
 
 
 def saturate(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
@@ -48,22 +49,26 @@ def saturate(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tens
     delta = value - x.amin(1, keepdim=True)
     saturation = delta / value.clamp(min=1e-12)
     new = (saturation * a + b).clamp(0, 1)
-    coloured = value - (value - x) * (new / saturation.clamp(min=1e-12))
-    red = torch.tensor([0.0, 1.0, 1.0], dtype=x.dtype, device=x.device)[None, :, None, None]
-    grey = value * (1 - new * red)
-    return torch.where(delta > 0, coloured, grey)
+    # coloured: value - (value - x) * S' / S, in place (-x + v is v - x exactly)
+    x = x.neg_().add_(value).mul_(new / saturation.clamp(min=1e-12)).neg_().add_(value)
+    # grey pixels came out as value (their value - x is 0); green and blue get V (1 - S')
+    grey = _ops.mask_of(torch.le, delta, 0)
+    x[:, 1:].mul_(1 - grey).add_(grey.mul_(value * (1 - new)))
+    return x
 
 
 def contrast(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     means = x.mean((2, 3), keepdim=True)  # per image and channel, as the script's axis=(0, 1)
-    return (x - means) * CONTRAST[severity - 1] + means
+    return x.sub_(means).mul_(CONTRAST[severity - 1]).add_(means)
 
 
 def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     """A random affine warp (three control points jittered by U(-a, a), OpenCV's
     reflect-101 border) followed by a smooth random displacement field (uniform noise
-    blurred with sigma, times alpha; scipy 'reflect' border), both bilinear."""
-    n, _, h, w = x.shape
+    blurred with sigma, times alpha; scipy 'reflect' border), both bilinear. At severity
+    1 alpha is 0: the field is zero and scipy's resampling at the pixel centres returns
+    the image, so that step is skipped (its draws would be unused)."""
+    n, c, h, w = x.shape
     alpha, sigma, jitter = (f * h for f in ELASTIC[severity - 1])
     dev = x.device
     centre = torch.tensor([h // 2, w // 2], dtype=torch.float64, device=dev)
@@ -76,36 +81,47 @@ def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator) -> t
     ones = torch.ones((3, 1), dtype=torch.float64, device=dev)
     forward = torch.linalg.solve(torch.cat([src, ones], 1), dst).transpose(1, 2)  # (n, 2, 3)
     # warpAffine samples the source at M^-1 (output position), reflect-101 border: that is
-    # grid_sample's reflection padding with align_corners=True.
-    linear_inverse = torch.linalg.inv(forward[:, :, :2])
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=dev),
-                            torch.arange(w, dtype=torch.float64, device=dev), indexing="ij")
-    points = torch.stack([xs, ys], -1)[None] - forward[:, None, None, :, 2]  # (n, h, w, 2)
-    source = torch.einsum("nij,nhwj->nhwi", linear_inverse, points)
-    scale = torch.tensor([w - 1, h - 1], dtype=torch.float64, device=dev)
-    x = F.grid_sample(x, (2 * source / scale - 1).to(x.dtype), mode="bilinear",
-                      padding_mode="reflection", align_corners=True)
+    # grid_sample's reflection padding with align_corners=True, whose normalised
+    # coordinates are u = 2 p / (size - 1) - 1, i.e. p = D (u + 1) with D = diag((size-1)/2).
+    # In those coordinates the inverse map is u -> D^-1 A^-1 D u + D^-1 (A^-1 (D 1 - t)) - 1.
+    inverse = torch.linalg.inv(forward[:, :, :2])
+    scale = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64, device=dev)
+    linear = inverse * scale[None, None, :] / scale[None, :, None]
+    shift = (inverse @ (scale - forward[:, :, 2])[:, :, None])[:, :, 0] / scale - 1
+    # (affine_grid would do this as a batched product; a broadcast sum is faster, float64)
+    grid = torch.empty((n, h, w, 2), dtype=x.dtype, device=dev)
+    u = torch.linspace(-1, 1, w, dtype=torch.float64, device=dev)[None, None, :]
+    v = torch.linspace(-1, 1, h, dtype=torch.float64, device=dev)[None, :, None]
+    for k in range(2):
+        coefficients = linear[:, k, :, None, None]
+        grid[..., k] = coefficients[:, 0] * u + (coefficients[:, 1] * v + shift[:, k, None, None])
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    if alpha == 0:
+        return x
 
-    def field() -> torch.Tensor:
-        noise = torch.rand((n, 1, h, w), generator=gen, device=dev, dtype=x.dtype) * 2 - 1
-        return _ops.gaussian(noise, sigma, mode="symmetric", truncate=3)[:, 0] * alpha
-
+    # The two displacement fields, dx drawn first: uniform noise, scipy gaussian
+    # ('reflect' border, truncate 3) times alpha.
+    noise = torch.rand((2 * n, 1, h, w), generator=gen, device=dev, dtype=x.dtype)
+    fields = _ops.gaussian(noise.mul_(2).sub_(1), sigma, mode="symmetric", truncate=3)
+    fields = fields.view(2, n, h, w).mul_(alpha)
     # scipy map_coordinates(order=1, mode='reflect') at (y + dy, x + dx): reflection about
-    # the pixel edges, which is grid_sample's reflection with align_corners=False.
-    dx, dy = field(), field()
-    cols = (2 * (xs.to(x.dtype)[None] + dx) + 1) / w - 1
-    rows = (2 * (ys.to(x.dtype)[None] + dy) + 1) / h - 1
-    return F.grid_sample(x, torch.stack([cols, rows], -1), mode="bilinear",
-                         padding_mode="reflection", align_corners=False)
+    # the pixel edges, which is grid_sample's reflection with align_corners=False, whose
+    # normalised coordinate is (2 p + 1) / size - 1.
+    grid = torch.empty((n, h, w, 2), dtype=x.dtype, device=dev)
+    cols = torch.arange(w, dtype=x.dtype, device=dev).mul_(2 / w).add_(1 / w - 1)
+    rows = torch.arange(h, dtype=x.dtype, device=dev).mul_(2 / h).add_(1 / h - 1)
+    torch.add(cols, fields[0], alpha=2 / w, out=grid[..., 0])
+    torch.add(rows[:, None], fields[1], alpha=2 / h, out=grid[..., 1])
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
 
 
 def pixelate(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     """PIL BOX resize down to int(size * c) and back up, in PIL's 8-bit fixed point."""
     factor = PIXELATE[severity - 1]
     h, w = x.shape[-2:]
-    u8 = torch.round(x.clamp(0, 1) * 255)
-    small = _ops.pil_box_resize(u8, (int(h * factor), int(w * factor)))
-    return _ops.pil_box_resize(small, (h, w)) / 255
+    u8 = x.mul_(255).round_()
+    return _ops.pil_box_down_up(u8, (int(h * factor), int(w * factor))).div_(255)
 
 
 def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
@@ -114,7 +130,7 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator) -> to
     chroma, islow DCT) give byte-identical images (checked in the tests) and take a batch.
     Falls back to PIL, one image at a time, if torchvision's codec is unavailable."""
     quality = JPEG_QUALITY[severity - 1]
-    u8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8).cpu()
+    u8 = x.mul_(255).round_().to(torch.uint8).cpu()
     try:
         from torchvision.io import decode_jpeg, encode_jpeg
     except ImportError:  # torchvision plans to move its codecs to torchcodec
@@ -123,7 +139,7 @@ def jpeg_compression(x: torch.Tensor, severity: int, gen: torch.Generator) -> to
         with warnings.catch_warnings():  # "deprecated in favour of torchcodec"
             warnings.simplefilter("ignore", DeprecationWarning)
             out = torch.stack(decode_jpeg(encode_jpeg(list(u8), quality=quality)))
-    return out.to(device=x.device, dtype=x.dtype) / 255
+    return out.to(device=x.device, dtype=x.dtype).div_(255)
 
 
 def _pil_jpeg(image_u8: torch.Tensor, quality: int) -> torch.Tensor:

@@ -29,21 +29,26 @@ RGB_TO_GREY = (0.299, 0.587, 0.114)  # cv2.COLOR_RGB2GRAY
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(RGB_TO_GREY, dtype=x.dtype, device=x.device)
-    return (x * weights[:, None, None]).sum(1, keepdim=True)
+    r, g, b = RGB_TO_GREY
+    return (x[:, 0:1] * r).add_(x[:, 1:2] * g).add_(x[:, 2:3] * b)
 
 
 def snow(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """Snowflakes: thresholded Gaussian noise, zoomed, cast to uint8, motion-blurred by
+    ImageMagick at an angle in [-135, -45) degrees; the image is lightened towards
+    ``max(x, 1.5 grey + 0.5)`` and the flakes are added twice, once rotated by 180
+    degrees."""
     loc, scale, zoom, threshold, radius, sigma, blend = SNOW[severity - 1]
     n, _, h, w = x.shape
-    flakes = loc + scale * torch.randn((n, 1, h, w), generator=gen, device=x.device,
-                                       dtype=x.dtype)
-    flakes = _ops.clipped_zoom(flakes, zoom)
-    flakes = _ops.truncate_u8(torch.where(flakes < threshold, 0, flakes))  # to a uint8 PIL image
+    flakes = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype)
+    flakes = flakes.mul_(scale).add_(loc)
+    if zoom != 1:  # clipped_zoom by 1 is the identity
+        flakes = _ops.clipped_zoom(flakes, zoom)
+    flakes = _ops.truncate_u8(flakes.mul_(_ops.mask_of(torch.ge, flakes, threshold)))
     angle = torch.rand(n, generator=gen, device=x.device, dtype=torch.float64) * 90 - 135
     flakes = _ops.round_u8(_ops.motion_blur(flakes, radius, sigma, angle))
-    x = blend * x + (1 - blend) * torch.maximum(x, _grey(x) * 1.5 + 0.5)
-    return x + flakes + flakes.flip(-1, -2)
+    lighter = torch.maximum(x, _grey(x).mul_(1.5).add_(0.5)).mul_(1 - blend)
+    return x.mul_(blend).add_(lighter).add_(flakes).add_(flakes.flip(-1, -2))
 
 
 @functools.cache
@@ -123,11 +128,14 @@ def frost(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     which = torch.randint(0, len(textures), (n,), generator=gen, device=x.device)
     top = torch.randint(0, th - h, (n,), generator=gen, device=x.device)
     left = torch.randint(0, tw - w, (n,), generator=gen, device=x.device)
-    rows = top[:, None] + torch.arange(h, device=x.device)  # (n, h)
-    cols = left[:, None] + torch.arange(w, device=x.device)
-    crops = textures[which[:, None, None, None], torch.arange(3, device=x.device)[None, :, None,
-                     None], rows[:, None, :, None], cols[:, None, None, :]]
-    return image_weight * x + frost_weight * crops
+    # flat index of every crop value: one broadcast sum, one take (advanced indexing with
+    # four index tensors is several times slower on CPU)
+    corner = (which * 3 * th + top) * tw + left
+    within = ((torch.arange(3, device=x.device)[:, None, None] * th
+               + torch.arange(h, device=x.device)[:, None]) * tw
+              + torch.arange(w, device=x.device))
+    crops = torch.take(textures, corner[:, None, None, None] + within)
+    return x.mul_(image_weight).add_(crops.mul_(frost_weight))
 
 
 def plasma_fractal(n: int, mapsize: int, wibble_decay: float, gen: torch.Generator,
@@ -168,7 +176,7 @@ def fog(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     mapsize = 1 << (max(h, w) - 1).bit_length()  # next power of two: 32 for CIFAR, as there
     plasma = plasma_fractal(n, mapsize, decay, gen, x.device)[:, None, :h, :w].to(x.dtype)
     brightest = x.reshape(n, -1).amax(1)[:, None, None, None]
-    return (x + strength * plasma) * brightest / (brightest + strength)
+    return x.add_(plasma.mul_(strength)).mul_(brightest).div_(brightest + strength)
 
 
 # ---- spatter ----------------------------------------------------------------------------
@@ -176,53 +184,72 @@ def fog(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
 def _canny(grey_u8: torch.Tensor, low: float = 50, high: float = 150) -> torch.Tensor:
     """cv2.Canny(img, 50, 150) on (N, 1, H, W) uint8-valued floats: 3x3 Sobel (replicated
     border), L1 magnitude, non-maximum suppression in 4 directions, hysteresis by
-    8-connected growth from strong edges. Returns a bool edge map."""
+    8-connected growth from strong edges. Returns the edge map as float 0/1 (masks are
+    float arithmetic throughout, see ``_ops.mask_of``)."""
     sobel = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=grey_u8.dtype)
     gx = _ops.correlate(grey_u8, sobel, "edge")
     gy = _ops.correlate(grey_u8, sobel.T, "edge")
-    magnitude = gx.abs() + gy.abs()
+    ax, ay = gx.abs(), gy.abs()
+    magnitude = ax + ay
     padded = torch.nn.functional.pad(magnitude, (1, 1, 1, 1))
     h, w = magnitude.shape[-2:]
 
-    def neighbour(dy: int, dx: int) -> torch.Tensor:
-        return padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    def beats(dy: int, dx: int, or_equal: bool = False) -> torch.Tensor:
+        other = padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        return _ops.mask_of(torch.ge if or_equal else torch.gt, magnitude, other)
 
-    ax, ay = gx.abs(), gy.abs()
     tan22, tan67 = math.tan(math.pi / 8), math.tan(3 * math.pi / 8)
-    horizontal = ay < ax * tan22
-    vertical = ay > ax * tan67
-    s = torch.where(gx * gy < 0, -1, 1)
-    keep_h = (magnitude > neighbour(0, -1)) & (magnitude >= neighbour(0, 1))
-    keep_v = (magnitude > neighbour(-1, 0)) & (magnitude >= neighbour(1, 0))
-    keep_d = torch.where(s > 0, (magnitude > neighbour(-1, -1)) & (magnitude > neighbour(1, 1)),
-                         (magnitude > neighbour(-1, 1)) & (magnitude > neighbour(1, -1)))
-    maximal = torch.where(horizontal, keep_h, torch.where(vertical, keep_v, keep_d))
-    weak = maximal & (magnitude > low)
-    edges = weak & (magnitude > high)
-    while True:
-        grown = torch.nn.functional.max_pool2d(edges.to(grey_u8.dtype), 3, 1, 1) > 0
-        grown &= weak
-        if torch.equal(grown, edges):
+    horizontal = _ops.mask_of(torch.lt, ay, ax * tan22)
+    vertical = _ops.mask_of(torch.gt, ay, ax * tan67)
+    diagonal = 1 - horizontal - vertical  # the two are exclusive
+    anti = _ops.mask_of(torch.lt, gx * gy, 0)  # gradient along the anti-diagonal
+    keep_d = (beats(-1, -1) * beats(1, 1)).mul_(1 - anti).add_(
+        anti.mul_(beats(-1, 1)).mul_(beats(1, -1)))
+    maximal = horizontal.mul_(beats(0, -1)).mul_(beats(0, 1, True))
+    maximal += vertical.mul_(beats(-1, 0)).mul_(beats(1, 0, True))
+    maximal += diagonal.mul_(keep_d)
+    weak = maximal.mul_(_ops.mask_of(torch.gt, magnitude, low))
+    edges = weak * _ops.mask_of(torch.gt, magnitude, high)
+    count = edges.sum()
+    if count == weak.sum():
+        return edges
+    while True:  # grow strong edges into 8-connected weak ones until nothing changes
+        grown = torch.nn.functional.pad(edges, (1, 1, 1, 1))
+        grown = torch.maximum(torch.maximum(grown[..., :-2], grown[..., 1:-1]), grown[..., 2:])
+        grown = torch.maximum(torch.maximum(grown[..., :-2, :], grown[..., 1:-1, :]),
+                              grown[..., 2:, :]).mul_(weak)
+        grown_count = grown.sum()
+        if grown_count == count:  # growth only adds pixels: same count, same map
             return edges
-        edges = grown
+        edges, count = grown, grown_count
 
 
-def _distance_to(mask: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of every pixel to the nearest True pixel of ``mask`` (N, 1, H, W),
-    inf where there is none. Exact: the nearest marked pixel of each column by two running
-    scans, then a min over columns of (row distance^2 + column distance^2). OpenCV's DIST_L2
-    with a 5x5 mask, which the script uses, approximates this exact distance."""
+def _distance_to(mask: torch.Tensor, cap: float) -> torch.Tensor:
+    """Euclidean distance of every pixel to the nearest marked pixel of the float 0/1
+    ``mask`` (N, 1, H, W), capped at ``cap`` (also where nothing is marked). Exact: the
+    nearest marked pixel of each column by two running scans, then the least row distance^2
+    + column distance^2 over all columns (in chunks of rows). OpenCV's DIST_L2 with a 5x5
+    mask, which the script uses, approximates this exact distance."""
     n, _, h, w = mask.shape
     marked = mask[:, 0]
-    rows = torch.arange(h, device=mask.device, dtype=torch.float32)[None, :, None]
-    inf = torch.tensor(float("inf"), device=mask.device)
-    above = torch.where(marked, rows, -inf).cummax(1).values  # nearest marked row at or above
-    below = torch.where(marked, rows, inf).flip(1).cummin(1).values.flip(1)  # at or below
-    column = torch.minimum(rows - above, below - rows) ** 2  # (n, h, w)
-    cols = torch.arange(w, device=mask.device, dtype=torch.float32)
-    across = (cols[:, None] - cols[None, :]) ** 2  # (w_out, w_in)
-    total = (column[:, :, None, :] + across).amin(3)
-    return total.sqrt()[:, None]
+    far = 1e6  # beyond any distance here, and exact in float32 with a row index added
+    rows = torch.arange(h, device=mask.device, dtype=mask.dtype)[None, :, None]
+    # nearest marked row at or above each pixel, and (on the flipped mask) at or below
+    above = (rows + far).mul(marked).sub_(far).cummax(1).values
+    below = (rows + far).mul(marked.flip(1)).sub_(far).cummax(1).values.flip(1)
+    column = torch.minimum(rows - above, (h - 1) - below - rows).square_()
+    column = column.clamp_(max=cap * cap + 1).view(-1, w)  # beyond the cap: all alike
+    cols = torch.arange(w, device=mask.device, dtype=mask.dtype)
+    across = (cols[:, None] - cols[None, :]).square_()  # (w_out, w_in)
+    best = torch.empty_like(column)
+    chunk = max(1, 2**20 // (w * w))  # rows per step: a reused buffer of ~4 MB
+    buffer = torch.empty((min(chunk, len(column)), w, w), dtype=mask.dtype,
+                         device=mask.device)
+    for start in range(0, len(column), chunk):
+        part = column[start:start + chunk]
+        total = torch.add(part[:, None, :], across, out=buffer[:len(part)])
+        torch.amin(total, 2, out=best[start:start + chunk])
+    return best.sqrt_().clamp_(max=cap).view(n, 1, h, w)
 
 
 def _equalize_hist(u8: torch.Tensor) -> torch.Tensor:
@@ -251,23 +278,22 @@ def spatter(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tenso
     branch, so turquoise is added with 175 on the red channel; kept."""
     loc, scale, sigma, threshold, strength, mud = SPATTER[severity - 1]
     n, _, h, w = x.shape
-    liquid = loc + scale * torch.randn((n, 1, h, w), generator=gen, device=x.device,
-                                       dtype=x.dtype)
-    liquid = _ops.gaussian(liquid, sigma)
-    liquid = torch.where(liquid < threshold, 0, liquid)
+    liquid = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype)
+    liquid = _ops.gaussian(liquid.mul_(scale).add_(loc), sigma)
+    liquid = liquid.mul_(_ops.mask_of(torch.ge, liquid, threshold))
     if mud:
-        mask = _ops.gaussian((liquid > threshold).to(x.dtype), strength)
-        mask = torch.where(mask < 0.8, 0, mask)
+        mask = _ops.gaussian(_ops.mask_of(torch.gt, liquid, threshold), strength)
+        mask = mask.mul_(_ops.mask_of(torch.ge, mask, 0.8))
         colour = torch.tensor((63, 42, 20), dtype=x.dtype, device=x.device)[:, None, None] / 255
-        return x * (1 - mask) + colour * mask
-    liquid_u8 = torch.floor(liquid * 255).clamp(0, 255)  # .astype(np.uint8)
-    dist = _distance_to(_canny(liquid_u8)).clamp(max=20).to(x.dtype)
-    dist = torch.floor(_ops.box_blur3(dist))
+        return x.mul_(1 - mask).add_(colour * mask)
+    liquid_u8 = liquid.mul_(255).floor_().clamp_(0, 255)  # .astype(np.uint8)
+    dist = _distance_to(_canny(liquid_u8), cap=20)
+    dist = _ops.box_blur3(dist).floor_()
     dist = _equalize_hist(dist)
     emboss = torch.tensor([[-2.0, -1, 0], [-1, 1, 1], [0, 1, 2]])
-    dist = torch.round(_ops.correlate(dist, emboss, "mirror")).clamp(0, 255)  # CV_8U
+    dist = _ops.correlate(dist, emboss, "mirror").round_().clamp_(0, 255)  # CV_8U
     dist = _ops.box_blur3(dist)
-    m = liquid_u8 * dist
-    m = m / m.reshape(n, -1).amax(1).clamp(min=1e-12)[:, None, None, None] * strength
+    m = liquid_u8.mul_(dist)
+    m = m.div_(m.reshape(n, -1).amax(1).clamp(min=1e-12)[:, None, None, None]).mul_(strength)
     colour = torch.tensor((175, 238, 238), dtype=x.dtype, device=x.device)[:, None, None] / 255
-    return x + m * colour
+    return x.add_(m * colour)
