@@ -19,10 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import pickle
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +30,7 @@ import torch
 
 from benchmark.errors import DatasetNotFoundError, ShiftbenchError
 from benchmark.registry import SUITES
-from benchmark.store import atomic_write_text
+from benchmark.store import atomic_path, atomic_write_text
 from benchmark.suite import DomainData, Recipe, Split, Suite
 from suites._cache import engine_identity, file_digests
 from suites.corruptions import CORRUPTIONS, SEVERITIES, corrupt
@@ -491,15 +489,5 @@ def _read_pickle(path: Path) -> dict[str, Any]:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # data, not a secret (mkstemp makes it 0600)
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)

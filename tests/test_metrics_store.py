@@ -73,6 +73,24 @@ def test_atomic_write_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp creates 0600 files; a leaderboard written atomically must still be readable
+    by others exactly as a plainly opened file would be (0o666 minus the umask)."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "board.csv", "a,b\n")
+    (tmp_path / "plain.csv").write_text("a,b\n")
+    mode = stat.S_IMODE((tmp_path / "board.csv").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode) == 0o666 & ~umask
+    path = ResultStore(tmp_path / "results").save_checkpoint(
+        "k", {"w": torch.ones(2)}, {"note": "x"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in path.parent.iterdir()) == ["k.safetensors"]
+
+
 def test_truncated_or_foreign_cell_files_are_reported_and_ignored(tmp_path):
     store = ResultStore(tmp_path)
     good = {"key": "k1", "suite": "s", "status": "done", "score": 1.0}
