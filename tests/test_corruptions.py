@@ -332,3 +332,21 @@ def test_shot_noise_draws_follow_the_poisson_law(severity, value):
                             ).pvalue
         assert p > 1e-4
     assert abs(counts.double().mean().item() - rate) < 5 * math.sqrt(rate / len(counts)) + 1e-9
+
+
+@pytest.mark.parametrize("size", [17, 28, 64])
+def test_pixelate_round_trip_equals_pil_box_down_and_up_at_other_sizes(size):
+    """The folded two-pass BOX round trip is exact against PIL beyond the 32x32 case."""
+    from suites.corruptions._ops import pil_box_down_up
+    from suites.corruptions.digital import PIXELATE
+
+    rng = np.random.default_rng(size)
+    images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    for factor in PIXELATE:
+        small = int(size * factor)
+        ours = pil_box_down_up(torch.from_numpy(images).permute(0, 3, 1, 2).float(),
+                               (small, small))
+        for image, out in zip(images, ours, strict=True):
+            pil = Image.fromarray(image).resize((small, small), Image.BOX)
+            expected = np.asarray(pil.resize((size, size), Image.BOX))
+            np.testing.assert_array_equal(out.permute(1, 2, 0).numpy(), expected)

@@ -229,22 +229,10 @@ def _pil_box_matrix(x: torch.Tensor, members: torch.Tensor, q: torch.Tensor, axi
     return _pil_fixed_point(members @ x, q[:, None])
 
 
-def pil_box_resize(x_u8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """PIL ``Image.resize(size=(w, h), resample=BOX)`` of uint8-valued images (float
-    tensors holding 0..255): horizontal pass, rounded to uint8, then vertical pass."""
-    h_out, w_out = size
-    h, w = x_u8.shape[-2:]
-    x = x_u8.float()
-    if w_out != w:
-        x = _pil_box_matrix(x, *pil_box_resampler(w, w_out), axis=-1)
-    if h_out != h:
-        x = _pil_box_matrix(x, *pil_box_resampler(h, h_out), axis=-2)
-    return x.to(x_u8.dtype)
-
-
 def pil_box_down_up(x_u8: torch.Tensor, small: tuple[int, int]) -> torch.Tensor:
-    """``pil_box_resize(pil_box_resize(x, small), original size)`` in two passes instead of
-    four (see ``pil_box_round_trip``); float tensors holding 0..255."""
+    """PIL ``Image.resize(small, BOX)`` then back to the original size (each resize a
+    horizontal pass rounded to uint8, then a vertical one), in two passes instead of four
+    (see ``pil_box_round_trip``); float tensors holding 0..255."""
     h, w = x_u8.shape[-2:]
     x = x_u8.float()
     if small[1] != w:
