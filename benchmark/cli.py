@@ -4,15 +4,16 @@ default."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
 
 from benchmark import leaderboard
+from benchmark.engine.launchers import LAUNCHERS
+from benchmark.engine.runner import PROTOCOLS, RunConfig, Runner, applicable
 from benchmark.errors import ShiftbenchError
-from benchmark.launchers import LAUNCHERS
 from benchmark.registry import ADAPTERS, SUITES, UnknownNameError, load_builtins
-from benchmark.runner import PROTOCOLS, RunConfig, Runner, applicable
 from benchmark.specs import AdapterSpec, split_list
 
 DEFAULT_SUITE = "digits"
@@ -53,6 +54,32 @@ def parse_batch_sizes(text: str) -> list[int | None]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--batch-size needs sizes >= 1, got {text!r}")
     return list(dict.fromkeys(sizes))
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, a results/leaderboards path that cannot hold files."""
+    if path.exists() and not path.is_dir():
+        raise ShiftbenchError(f"{option} {path} is a file, not a folder; give a folder path")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ShiftbenchError(f"{option} {path}: {existing} is not writable; give a folder you "
+                              "can write to")
+    for sub in (path.glob("*") if path.is_dir() else []):
+        if sub.is_dir() and not os.access(sub, os.W_OK | os.X_OK):
+            raise ShiftbenchError(f"{option} {path}: {sub} is not writable; fix its "
+                                  "permissions or give another folder")
 
 
 def resolve_adapters(
@@ -116,6 +143,19 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true",
                    help="download a real dataset if it is missing (needs internet)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    isolation = p.add_mutually_exclusive_group()
+    isolation.add_argument("--sandbox", action="store_const", dest="isolation", const="sandbox",
+                           help="run adapter code in a bubblewrap sandbox: no network, no view "
+                                "of --data-root, the suite's data files, the results and "
+                                "leaderboards folders or $HOME")
+    isolation.add_argument("--in-process", action="store_const", dest="isolation",
+                           const="in-process",
+                           help="debugging: run adapter code in this process (nothing keeps "
+                                "labels from it; its cells are marked isolation=in-process)")
+    p.set_defaults(isolation="isolated")
+    p.add_argument("--cell-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                   help="stop an adapter that takes longer than this per cell; its cells fail "
+                        "and the run goes on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +260,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     SUITES.get(args.suite)  # unknown suite: clear error before anything else
+    check_writable_folder(args.results, "--results")
+    check_writable_folder(args.leaderboards, "--leaderboards")
     config = RunConfig(
         suite=args.suite,
         adapters=resolve_adapters(args.adapters, args.suite,
@@ -229,7 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, data_root=args.data_root, download=args.download,
         source_checkpoint=args.source_checkpoint, progress=not args.quiet,
         workers=args.workers, threads=args.threads, launcher=args.launcher,
-        ray_address=args.ray_address,
+        ray_address=args.ray_address, isolation=args.isolation,
+        cell_timeout=args.cell_timeout,
     )
     summary = Runner(config).run()
     print(f"\n{args.suite}: {summary.done} cells computed, {summary.skipped} reused, "

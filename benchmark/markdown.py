@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.engine.protocols import PROTOCOLS
 from benchmark.errors import ShiftbenchError
 from benchmark.store import file_sha256
 from benchmark.suite import Suite
@@ -25,12 +26,6 @@ REPORTED_COLUMNS = ["suite", "method", "adapter", "setting", "protocol", "metric
 METRIC_TEXT = {
     "accuracy": "top-1 accuracy (%), higher is better",
     "miou": "mean intersection over union over classes (%), higher is better",
-}
-PROTOCOL_TEXT = {
-    "episodic": "the model and optimizer are reset to the source model before each target domain",
-    "continual": "one model adapts across all targets in a fixed, recorded order without reset",
-    "mixed": "all targets shuffled into one stream",
-    "noniid": "a class-imbalanced, temporally correlated target stream",
 }
 # decimals as in the CSV (benchmark.leaderboard rounds the same way)
 DECIMALS = {"score": 2, "std": 2, "ci95": 2, "adapt_s": 3, "img_per_s": 1, "peak_mb": 0}
@@ -85,7 +80,8 @@ def _header(suite: Suite, board: pd.DataFrame, csv_name: str) -> list[str]:
         f"- **Metric**: `{metric}` — {METRIC_TEXT.get(metric, metric)}. Rows are ranked by "
         "`score`; rows with failed or missing cells are listed unranked at the bottom.",
         "- **Protocol**: " + ("; ".join(
-            f"`{p}` ({PROTOCOL_TEXT[p]})" if p in PROTOCOL_TEXT else f"`{p}`" for p in protocols)
+            f"`{p}` ({PROTOCOLS[p].description})" if p in PROTOCOLS else f"`{p}`"
+            for p in protocols)
             or "–") + ".",
         f"- **Seeds**: n = {seeds_text} per row (each seed trains its own source model).",
         f"- **score** = mean over the {n_targets} target domain(s) and the n seeds of the "

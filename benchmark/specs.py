@@ -27,6 +27,7 @@ class AdapterSpec:
     name: str
     overrides: tuple[tuple[str, Any], ...] = ()
     then: AdapterSpec | None = None
+    file: str | None = None  # ``path.py:Class`` of a file adapter (imported where it runs)
 
     @classmethod
     def parse(cls, text: str) -> AdapterSpec:
@@ -38,7 +39,7 @@ class AdapterSpec:
                              "a training-time one and a test-time one (ibn_a+tent)")
         if len(parts) == 2:
             first, second = (cls._parse_single(part) for part in parts)
-            return cls(first.name, first.overrides, second)
+            return cls(first.name, first.overrides, second, first.file)
         return cls._parse_single(text)
 
     @property
@@ -49,8 +50,10 @@ class AdapterSpec:
     def _parse_single(cls, text: str) -> AdapterSpec:
         file_match = _FILE_SPEC.match(text) if is_file_reference(text) else None
         if file_match:
+            # Not imported here: a file adapter's code runs only in adapter processes
+            # (benchmark.engine.isolation). Its name until then: the class name, lower-cased.
             reference, inner = file_match.groups()
-            name = load_file_adapter(reference).name
+            name = reference.rsplit(":", 1)[1].strip().lower()
         else:
             match = _SPEC.match(text)
             if not match:
@@ -63,10 +66,12 @@ class AdapterSpec:
             if not sep or not key.strip().isidentifier():
                 raise ValueError(f"in adapter {text!r}: expected key=value, got {item!r}")
             overrides[key.strip()] = _literal(value.strip())
-        return cls(name, tuple(sorted(overrides.items())))
+        return cls(name, tuple(sorted(overrides.items())),
+                   file=reference if file_match else None)
 
     def build(self) -> Adapter:
-        adapter = ADAPTERS.get(self.name)(**dict(self.overrides))
+        cls = load_file_adapter(self.file) if self.file else ADAPTERS.get(self.name)
+        adapter = cls(**dict(self.overrides))
         if self.then is None:
             return adapter
         from benchmark.compose import Composite

@@ -2,9 +2,11 @@
 
 Layout under the results root::
 
-    cells/<suite>/<cell key>.json                  # a finished cell (status done or failed)
-    failures/<suite>/<cell key>.txt                # the traceback of a failed cell
+    cells/<suite>/<cell key>.json                  # a finished cell (status done or failed),
+                                                   # with a digest of its content
+    failures/<suite>/<cell key>.txt                # which cell failed, and its traceback
     checkpoints/<checkpoint key>.safetensors       # shared by suites with one source domain
+    checkpoints/<checkpoint key>.sha256            # its sha256, checked before every use
     locks/...                                      # file locks of concurrent runs/workers
 
 A key is a hash of what decides the result (never paths or devices). Every file is
@@ -86,7 +88,14 @@ def file_sha256(path: Path) -> str:
 
 
 class CorruptCellWarning(UserWarning):
-    pass
+    """A stored cell or checkpoint failed its check; it is ignored and recomputed."""
+
+
+def cell_digest(cell: dict[str, Any]) -> str:
+    """sha256 of a cell's canonical JSON without its own ``digest`` field."""
+    body = {k: v for k, v in cell.items() if k != "digest"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ResultStore:
@@ -105,7 +114,9 @@ class ResultStore:
         return self._read_cell(path, key)
 
     def save_cell(self, cell: dict[str, Any]) -> Path:
+        """Store a cell with a digest of its content (checked whenever it is read)."""
         path = self.cell_path(cell["suite"], cell["key"])
+        cell = {**cell, "digest": cell_digest(cell)}
         atomic_write_text(path, json.dumps(cell, indent=1, sort_keys=True, allow_nan=True) + "\n")
         return path
 
@@ -125,13 +136,13 @@ class ResultStore:
             cell = json.loads(path.read_text())
             if not isinstance(cell, dict) or cell.get("key") != key or "status" not in cell:
                 raise ValueError("not a cell record for this key")
+            if cell.get("digest") != cell_digest(cell):
+                raise ValueError("its content does not match its digest: edited or damaged"
+                                 if "digest" in cell else "it has no content digest")
             return cell
         except (OSError, ValueError) as exc:
-            warnings.warn(
-                f"ignoring unreadable cell file {path} ({exc}); it will be recomputed",
-                CorruptCellWarning,
-                stacklevel=3,
-            )
+            warnings.warn(f"ignoring cell file {path}: {exc}; it is not ranked and will be "
+                          "recomputed", CorruptCellWarning, stacklevel=3)
             return None
 
     def save_traceback(self, suite: str, key: str, text: str) -> Path:
@@ -156,25 +167,44 @@ class ResultStore:
     def checkpoint_path(self, key: str) -> Path:
         return self.root / "checkpoints" / f"{key}.safetensors"
 
+    def digest_path(self, key: str) -> Path:
+        return self.root / "checkpoints" / f"{key}.sha256"
+
+    def checkpoint_digest(self, key: str) -> str:
+        """The sha256 recorded when the checkpoint was written."""
+        return self.digest_path(key).read_text().strip()
+
     def load_checkpoint(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The checkpoint's tensors, after checking the file against the sha256 recorded when
+        it was written; None (with a one-line warning naming the file) if it is missing,
+        damaged or does not match, and the caller retrains."""
         path = self.checkpoint_path(key)
         if not path.exists():
             return None
         try:
+            recorded = self.checkpoint_digest(key)
+        except OSError:
+            recorded = None
+        try:
+            if recorded is None:
+                raise ValueError(f"no recorded sha256 ({self.digest_path(key).name})")
+            if file_sha256(path) != recorded:
+                raise ValueError("its sha256 does not match the one recorded when it was written")
             return load_file(path)
         except Exception as exc:  # safetensors raises its own error types
-            warnings.warn(
-                f"ignoring unreadable checkpoint {path} ({exc}); retraining",
-                CorruptCellWarning,
-                stacklevel=2,
-            )
+            warnings.warn(f"ignoring checkpoint {path}: {exc}; retraining", CorruptCellWarning,
+                          stacklevel=2)
             return None
 
     def save_checkpoint(
         self, key: str, state: dict[str, torch.Tensor], metadata: dict[str, str]
     ) -> Path:
+        """Write the checkpoint byte-reproducibly (one metadata entry holding sorted JSON:
+        safetensors does not keep the order of several entries), then its sha256."""
         path = self.checkpoint_path(key)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
+            save_file(tensors, tmp, metadata={"shiftbench": json.dumps(metadata, sort_keys=True)})
+            digest = file_sha256(tmp)
+        atomic_write_text(self.digest_path(key), digest + "\n")
         return path

@@ -135,6 +135,12 @@ class Suite:
             self._source_fingerprint = f"{self.source}:{digest}"
         return self._source_fingerprint
 
+    def data_paths(self) -> list[Path]:
+        """Files and folders the suite's data come from. A sandboxed adapter process
+        (``--sandbox``) sees none of them. Default: ``root``; embedded suites name the
+        package data they are built from."""
+        return [self.root] if self.root is not None else []
+
     @classmethod
     def summary(cls) -> str:
         doc = (cls.__doc__ or "").strip()

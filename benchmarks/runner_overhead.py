@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.engine.runner import RunConfig, Runner
 from benchmark.registry import load_builtins
-from benchmark.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,6 +85,11 @@ class Digits(Suite):
     def __init__(self, root=None, download: bool = False) -> None:
         super().__init__(root, download)
         self._cache: dict[tuple[str, str], DomainData] = {}
+
+    def data_paths(self) -> list[Path]:
+        from suites._photos import package_data_paths
+
+        return package_data_paths()
 
     def load(self, domain: str, split: Split) -> DomainData:
         if domain not in self.domains:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,6 +158,11 @@ class DigitsCams(Suite):
     target_test_renders = 3
     _seeds = {("cams-seen", "train"): 3101, ("cams-seen", "test"): 3102,
               ("cam-unseen", "train"): 3103, ("cam-unseen", "test"): 3104}
+
+    def data_paths(self) -> list[Path]:
+        from suites._photos import package_data_paths
+
+        return package_data_paths()
 
     def load(self, domain: str, split: Split) -> DomainData:
         if domain not in self.domains:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -95,6 +96,11 @@ class DigitsMM(Suite):
     _seeds = {("mm", "train"): 4101, ("mm", "test"): 4102,
               ("thermal-shift", "train"): 4103, ("thermal-shift", "test"): 4104,
               ("rgb-shift", "train"): 4105, ("rgb-shift", "test"): 4106}
+
+    def data_paths(self) -> list[Path]:
+        from suites._photos import package_data_paths
+
+        return package_data_paths()
 
     def load(self, domain: str, split: Split) -> DomainData:
         if domain not in self.domains:

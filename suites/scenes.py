@@ -322,6 +322,11 @@ class Scenes(Suite):
     def make_metric(self) -> Metric:
         return make_miou(self.num_classes)
 
+    def data_paths(self) -> list[Path]:
+        from suites._photos import package_data_paths
+
+        return package_data_paths()
+
     def load(self, domain: str, split: Split) -> DomainData:
         if domain not in self.domains:
             raise KeyError(f"suite {self.name!r} has no domain {domain!r}; has {self.domains}")

@@ -8,9 +8,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from adapters.tent import softmax_entropy
 from benchmark.adapter import TargetStream
+from benchmark.engine.runner import applicable
 from benchmark.norm import batchnorm_layers
 from benchmark.registry import ADAPTERS
-from benchmark.runner import applicable
 
 
 def fresh(tiny_source_state):

@@ -15,9 +15,9 @@ import scipy.io
 import torch
 
 from benchmark.cli import main
+from benchmark.engine.runner import RunConfig, Runner
 from benchmark.errors import DatasetNotFoundError
 from benchmark.registry import SUITES
-from benchmark.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
 from benchmark.suite import Recipe
 from suites._digit_files import MNIST, CorruptFileError, read_bytes

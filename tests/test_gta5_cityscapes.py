@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmark.engine.runner import RunConfig, Runner
 from benchmark.errors import DatasetNotFoundError
 from benchmark.metrics import IGNORE_INDEX
 from benchmark.registry import SUITES
-from benchmark.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
 from benchmark.suite import Recipe
 from suites.gta5_cityscapes import GTA5Cityscapes

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
+from benchmark.engine.runner import RunConfig, Runner
 from benchmark.errors import ShiftbenchError
 from benchmark.plugins import (
     PluginWarning,
@@ -24,7 +25,6 @@ from benchmark.plugins import (
     load_file_adapter,
 )
 from benchmark.registry import ADAPTERS, load_builtins
-from benchmark.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
 
 ROOT = Path(__file__).resolve().parent.parent

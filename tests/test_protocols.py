@@ -11,9 +11,9 @@ import torch
 from tiny_suite import DASpy, Spy
 
 from benchmark.adapter import TargetStream
-from benchmark.protocols import ConcatImages, dirichlet_order, mixed_order
+from benchmark.engine.protocols import ConcatImages, dirichlet_order, mixed_order
+from benchmark.engine.runner import RunConfig, Runner
 from benchmark.registry import SUITES
-from benchmark.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
 
 SUITE = "tiny-digits-c"

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.runner import RunConfig, Runner
+from benchmark.engine.runner import RunConfig, Runner
 from benchmark.specs import AdapterSpec
 
 TESTS = Path(__file__).resolve().parent

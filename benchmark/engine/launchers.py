@@ -27,10 +27,10 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import ShiftbenchError
-from benchmark.registry import ADAPTERS, SUITES
+from benchmark.registry import SUITES
 
 if TYPE_CHECKING:
-    from benchmark.runner import Job, RunConfig, Runner
+    from benchmark.engine.runner import Job, RunConfig, Runner
 
 LAUNCHERS = ("local", "ray")
 OnRecords = Callable[[list[dict[str, Any]]], None]
@@ -61,21 +61,8 @@ class WorkerSetup:
 
 
 def worker_setup(runner: Runner) -> WorkerSetup:
-    from benchmark.plugins import adapter_origin
-
-    classes: list[type] = [type(runner.suite)]
-    for spec in runner.config.adapters:
-        part: Any = spec
-        while part is not None:
-            classes.append(ADAPTERS.get(part.name))
-            part = part.then
-    modules, files = set(), set()
-    for cls in classes:
-        if hasattr(cls, "_shiftbench_source_sha256"):  # loaded from a user's file
-            files.add(f"{adapter_origin(cls)}:{cls.__qualname__}")
-        elif cls.__module__ != "__main__":
-            modules.add(cls.__module__)
-    return WorkerSetup(runner.config, tuple(sorted(modules)), tuple(sorted(files)))
+    imports = runner.imports
+    return WorkerSetup(runner.config, imports.modules, imports.files)
 
 
 _WORKER: dict[str, Any] = {}
@@ -84,9 +71,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(setup: WorkerSetup, lock: Any = None, counter: Any = None) -> None:
     from tqdm.auto import tqdm
 
-    from benchmark.plugins import load_file_adapter
+    from benchmark.engine.runner import Runner
     from benchmark.registry import load_builtins
-    from benchmark.runner import Runner
 
     if lock is not None:
         tqdm.set_lock(lock)
@@ -97,11 +83,7 @@ def _init_worker(setup: WorkerSetup, lock: Any = None, counter: Any = None) -> N
     load_builtins()
     for module in setup.modules:
         importlib.import_module(module)
-    for reference in setup.files:
-        name = reference.rsplit(":", 1)[1].lower()
-        if name not in ADAPTERS:
-            load_file_adapter(reference)
-    SUITES.get(setup.config.suite)
+    SUITES.get(setup.config.suite)  # file adapters load only in adapter processes
     _WORKER["runner"] = Runner(setup.config)
 
 
@@ -152,7 +134,7 @@ def _records_or_failure(future: Future, job: Job) -> list[dict[str, Any]]:
     try:
         return future.result()
     except Exception as exc:
-        return [{"status": "failed", "label": job.spec.display, "protocol": job.protocol,
+        return [{"status": "failed", "label": job.label, "protocol": job.protocol,
                  "batch_size": job.batch_size, "seed": job.seed, "domain": cell.domain,
                  "error": f"worker died: {type(exc).__name__}: {exc}"} for cell in job.cells]
 
@@ -188,7 +170,7 @@ def _launch_ray(runner: Runner, jobs: list[Job], on_records: OnRecords) -> None:
             try:
                 on_records(ray.get(done[0]))
             except Exception as exc:  # the task's process died
-                on_records([{"status": "failed", "label": job.spec.display,
+                on_records([{"status": "failed", "label": job.label,
                              "protocol": job.protocol, "batch_size": job.batch_size,
                              "seed": job.seed, "domain": c.domain,
                              "error": f"ray task failed: {type(exc).__name__}: {exc}"}

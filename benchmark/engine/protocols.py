@@ -17,26 +17,91 @@ The source domain's row is always evaluated as its own episode, in the natural o
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
-PROTOCOLS = ("episodic", "continual", "mixed", "noniid")
-SEQUENTIAL = frozenset({"continual", "mixed"})  # one episode over many targets
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "episodic": {},
-    "continual": {},
-    "mixed": {},
-    "noniid": {"alpha": 0.1, "slots": 100},
-}
+T = TypeVar("T")
+
+class Protocol:
+    """How a run streams target images to an adapter and when the adapter is reset.
+
+    A protocol decides three things and nothing else: which target cells share one model
+    (:meth:`episodes`), the order of a cell's images (:meth:`order`, which may use the
+    labels: the scoring side alone calls it), and what each cell records besides its
+    score (:attr:`records_curve`). The source domain's row is never streamed by a
+    protocol: it is always its own episode in the natural order.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line, for leaderboards and ``--help``
+    defaults: ClassVar[dict[str, Any]] = {}
+    sequential: ClassVar[bool] = False  # one model across all targets (no ``da`` adapters)
+    mixes_targets: ClassVar[bool] = False  # the targets' images interleave in one stream
+    records_curve: ClassVar[bool] = False  # each cell stores its online score curve
+
+    def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
+        """The protocol's parameters for a run, recorded in (and keying) every cell."""
+        params = dict(self.defaults)
+        if self.sequential:
+            params["order"] = list(targets)  # the stream's recorded target order
+        return params
+
+    def episodes(self, cells: tuple[T, ...]) -> list[tuple[T, ...]]:
+        """Target cells grouped into episodes: each episode is one model, one job."""
+        return [cells] if self.sequential else [(cell,) for cell in cells]
+
+    def order(self, labels: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """The order in which a target's images are streamed (dataset indices)."""
+        return torch.arange(len(labels))
 
 
-def check_protocol(name: str) -> None:
+class Episodic(Protocol):
+    name = "episodic"
+    description = ("the model and optimizer are reset to the source model before each "
+                   "target domain")
+
+
+class Continual(Protocol):
+    name = "continual"
+    description = "one model adapts across all targets in a fixed, recorded order without reset"
+    sequential = True
+    records_curve = True
+
+
+class Mixed(Protocol):
+    name = "mixed"
+    description = "all targets shuffled into one stream"
+    sequential = True
+    mixes_targets = True
+
+    def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
+        return {**super().params(seed, targets), "shuffle_seed": seed}
+
+
+class NonIID(Protocol):
+    name = "noniid"
+    description = "a class-imbalanced, temporally correlated target stream"
+    defaults = {"alpha": 0.1, "slots": 100}
+
+    def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
+        return {**super().params(seed, targets), "shuffle_seed": seed}
+
+    def order(self, labels: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        return dirichlet_order(labels, params["alpha"], params["slots"], params["shuffle_seed"])
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (Episodic(), Continual(), Mixed(),
+                                                       NonIID())}
+
+
+def get_protocol(name: str) -> Protocol:
     from benchmark.errors import ShiftbenchError
 
     if name not in PROTOCOLS:
         raise ShiftbenchError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def dirichlet_order(labels: torch.Tensor, alpha: float, slots: int, seed: int) -> torch.Tensor:
