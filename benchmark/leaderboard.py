@@ -13,6 +13,9 @@
   predict); ``img_per_s``: target images per second of that time; ``peak_mb``: peak memory
   (process peak RSS on CPU, peak allocated on CUDA).
 - ``status``: ``ok``, or how many cells failed or are missing.
+- ``isolation``: how the row's adapter code was kept from the labels (the weakest over its
+  cells): ``sandbox``, ``isolated`` (its own process, the default) or ``in-process``
+  (debugging; nothing enforced). See benchmark.engine.isolation.
 
 Corruption suites (whose ``target_factors()`` give every target a ``corruption`` and a
 ``severity``, e.g. cifar10-c, digits-c) replace the per-target columns -- 75 of them -- by:
@@ -47,9 +50,10 @@ from benchmark.store import ResultStore, atomic_write_text
 from benchmark.suite import Suite
 
 ROW_KEY = ["adapter", "protocol", "batch_size"]
+ISOLATION_STRENGTH = ["in-process", "isolated", "sandbox"]
 CELL_COLUMNS = [
     "adapter", "protocol", "batch_size", "setting", "seed", "domain", "role", "status",
-    "metric", "score", "ece", "entropy", "n_examples", "adapt_s", "img_per_s", "peak_mb",
+    "isolation", "metric", "score", "ece", "entropy", "n_examples", "adapt_s", "img_per_s", "peak_mb",
     "error", "name", "hparams", "adapter_code", "data_fingerprint", "checkpoint_sha256",
     "shiftbench", "code_revision", "torch", "torchvision", "python", "device", "finished_at",
     "key", "protocol_params", "stream_position", "curve",
@@ -89,7 +93,8 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append({
             "adapter": c["label"], "protocol": c["protocol"], "batch_size": c["batch_size"],
             "setting": c.get("setting", ""), "seed": c["seed"], "domain": c["domain"],
-            "role": c["role"], "status": c["status"], "metric": c["metric"],
+            "role": c["role"], "status": c["status"],
+            "isolation": c.get("isolation", "in-process"), "metric": c["metric"],
             "score": c.get("score", math.nan), "ece": metrics.get("ece", math.nan),
             "entropy": metrics.get("entropy", math.nan),
             "n_examples": c.get("n_examples", math.nan), "adapt_s": c.get("adapt_s", math.nan),
@@ -219,6 +224,8 @@ def board_frame(
             "img_per_s": tgt.n_examples.sum() / total_s if total_s > 0 else math.nan,
             "peak_mb": done.peak_mb.max(),
             "status": status,
+            # the weakest isolation any of its cells ran under (engine.isolation)
+            "isolation": min(done.isolation, key=ISOLATION_STRENGTH.index, default=""),
         }
         if grid is not None:
             row.update(corruption_columns({t: 100 - row.pop(t) for t in targets}, baseline,
@@ -241,7 +248,7 @@ def board_frame(
                   if c == "mean_error" or c.startswith(("mCE", "c:", "s:"))]
     columns = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score",
                "std", "ci95", "seeds", *(["ece", "entropy"] if calibration else []), *detail,
-               src_col, "adapt_s", "img_per_s", "peak_mb", "status"]
+               src_col, "adapt_s", "img_per_s", "peak_mb", "status", "isolation"]
     return board[columns].reset_index(drop=True)
 
 

@@ -217,15 +217,11 @@ def describe_adapter(task: DescribeTask, link: Link | None = None) -> dict[str, 
     its identity (name, label, hyper-parameters, code hash), its declarations (setting,
     tasks, requirements, batch key) and the hash of the model its ``prepare`` builds."""
     from benchmark.plugins import adapter_origin
-    from benchmark.registry import ADAPTERS
     from benchmark.store import stable_hash
 
     adapter = task.spec.build()
-    origins = []
-    part = task.spec
-    while part is not None:
-        origins.append(adapter_origin(ADAPTERS.get(part.name)))
-        part = part.then
+    parts = [getattr(adapter, "train_part", adapter), getattr(adapter, "test_part", None)]
+    origins = [adapter_origin(type(part)) for part in parts if part is not None]
     signature = adapter.training_signature()
     return {
         "name": adapter.name,
