@@ -117,6 +117,26 @@ class TrainingImages(Protocol):
         ...
 
 
+def hparam_type_problem(default: Any, value: Any) -> str | None:
+    """Why ``value`` cannot replace ``default`` (None if it can): it must have the default's
+    type; an int may stand for a float; a default of None accepts anything."""
+    if default is None:
+        return None
+    kind = type(default)
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, kind)
+    if ok:
+        return None
+    return (f"must be a {kind.__name__} like its default {default!r}, got "
+            f"{type(value).__name__}")
+
+
 class Adapter:
     """Base class of every adaptation method. See the module docstring for the lifecycle.
 
@@ -150,6 +170,11 @@ class Adapter:
                 f"{type(self).__name__} got unknown hyper-parameter(s) {', '.join(unknown)}; "
                 f"valid: {valid}"
             )
+        for key, value in hparams.items():
+            problem = hparam_type_problem(self.defaults[key], value)
+            if problem:
+                raise TypeError(f"{type(self).__name__}: hyper-parameter {key}={value!r} "
+                                f"{problem}")
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
         self.model: nn.Module | None = None
         self._attached_state: dict[str, torch.Tensor] | None = None

@@ -236,8 +236,12 @@ def cmd_list(args: argparse.Namespace | None = None) -> int:
     from benchmark.plugins import adapter_origin
 
     if args is not None and args.adapters:
+        from benchmark.plugins import load_file_adapter
+
         for item in split_list(args.adapters):
-            AdapterSpec.parse(item)  # loads and registers file adapters
+            spec = AdapterSpec.parse(item)
+            if spec.file:  # listing imports the file here (a run imports it only in
+                load_file_adapter(spec.file)  # adapter processes)
     print("Suites:")
     for name, cls in SUITES.items():
         print(f"  {name:<14} {cls.task:<15} {cls.summary()}")

@@ -51,9 +51,15 @@ from benchmark.suite import Suite
 
 ROW_KEY = ["adapter", "protocol", "batch_size"]
 ISOLATION_STRENGTH = ["in-process", "isolated", "sandbox"]
+
+
+def _strength(isolation: str) -> int:
+    """Rank of an isolation mode, weakest first; unknown (older cells) is weakest."""
+    return ISOLATION_STRENGTH.index(isolation) if isolation in ISOLATION_STRENGTH else -1
 CELL_COLUMNS = [
     "adapter", "protocol", "batch_size", "setting", "seed", "domain", "role", "status",
-    "isolation", "metric", "score", "ece", "entropy", "n_examples", "adapt_s", "img_per_s", "peak_mb",
+    "isolation", "metric", "score", "ece", "entropy", "n_examples", "adapt_s", "img_per_s",
+    "peak_mb",
     "error", "name", "hparams", "adapter_code", "data_fingerprint", "checkpoint_sha256",
     "shiftbench", "code_revision", "torch", "torchvision", "python", "device", "finished_at",
     "key", "protocol_params", "stream_position", "curve",
@@ -225,7 +231,7 @@ def board_frame(
             "peak_mb": done.peak_mb.max(),
             "status": status,
             # the weakest isolation any of its cells ran under (engine.isolation)
-            "isolation": min(done.isolation, key=ISOLATION_STRENGTH.index, default=""),
+            "isolation": min(done.isolation, key=_strength, default=""),
         }
         if grid is not None:
             row.update(corruption_columns({t: 100 - row.pop(t) for t in targets}, baseline,

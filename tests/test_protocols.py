@@ -20,14 +20,24 @@ SUITE = "tiny-digits-c"
 
 
 def run(tmp_path, adapters, protocols=("episodic",), targets=None, batch_sizes=(None,),
-        seeds=(0,), name="R"):
+        seeds=(0,), name="R", isolation="isolated"):
     config = RunConfig(suite=SUITE, adapters=[AdapterSpec.parse(a) for a in adapters],
                        seeds=list(seeds), protocols=list(protocols), targets=targets,
                        batch_sizes=list(batch_sizes), results=tmp_path / name,
-                       leaderboards=tmp_path / f"{name}-L", progress=False)
+                       leaderboards=tmp_path / f"{name}-L", progress=False,
+                       isolation=isolation)
     summary = Runner(config).run()
     cells = pd.read_csv(tmp_path / f"{name}-L" / f"{SUITE}-cells.csv")
     return summary, cells
+
+
+def flips(cells, domain, n=2):
+    """Score tolerance for ``n`` near-tie predictions: the same model on the same images in
+    other batches may round differently (convolution kernels block by batch on some CPUs,
+    e.g. AVX-512), and a logit pair that ties to ~1e-6 can flip. Two flips is far below any
+    real difference these tests look for."""
+    examples = cells[(cells.domain == domain)].n_examples.iloc[0]
+    return 100.0 * n / examples
 
 
 def score(cells, adapter, protocol, domain, batch_size=None):
@@ -78,7 +88,7 @@ def test_every_protocol_gives_one_row_per_adapter_and_protocol(tmp_path):
         # the source model does not adapt: the stream cannot change its predictions
         for domain in targets:
             assert score(cells, "source", protocol, domain) == pytest.approx(
-                score(cells, "source", "episodic", domain), abs=1e-9)
+                score(cells, "source", "episodic", domain), abs=flips(cells, domain))
     # an adapting method sees different data under each stream; the first target of a
     # continual stream is still a fresh episode, the last one is not
     first, last = targets[0], targets[-1]
@@ -118,8 +128,8 @@ def test_batch_size_sweep_and_the_source_prior(tmp_path):
         assert score(cells, "bn_prior(prior=0)", "episodic", "contrast-5", bs) == \
             pytest.approx(score(cells, "ptbn", "episodic", "contrast-5", bs), abs=1.0)
     # the source model's predictions do not depend on the batch size
-    assert score(cells, "source", "episodic", "contrast-5", 2) == \
-        score(cells, "source", "episodic", "contrast-5", 64)
+    assert score(cells, "source", "episodic", "contrast-5", 2) == pytest.approx(
+        score(cells, "source", "episodic", "contrast-5", 64), abs=flips(cells, "contrast-5"))
 
 
 def test_bn_prior_interpolates_between_source_and_batch_statistics(tiny_source_state):
@@ -148,7 +158,10 @@ def test_bn_prior_interpolates_between_source_and_batch_statistics(tiny_source_s
 # ---- label-leak guard -------------------------------------------------------------------
 def test_target_labels_never_reach_an_adapter_and_the_runner_scores(tmp_path):
     Spy.seen.clear()
-    _, cells = run(tmp_path, ["test-spy"], ("episodic", "mixed"), targets=["contrast-5"])
+    # in-process: the spy records into its class, which an adapter process would keep to
+    # itself; the adapter side's code is the same in both modes
+    _, cells = run(tmp_path, ["test-spy"], ("episodic", "mixed"), targets=["contrast-5"],
+                   isolation="in-process")
     suite = SUITES.get(SUITE)()
     labels = suite.load("contrast-5", "test").labels
     streams = [obj for kind, obj in Spy.seen if kind == "stream"]
@@ -178,7 +191,8 @@ def test_target_labels_never_reach_an_adapter_and_the_runner_scores(tmp_path):
 # ---- training-time adapters: composition and domain adaptation ----------------------------
 def test_da_adapters_train_one_model_per_target_on_images_only(tmp_path):
     DASpy.target_batches.clear()
-    summary, cells = run(tmp_path, ["test-da-spy"], targets=["contrast-5", "digits-m"])
+    summary, cells = run(tmp_path, ["test-da-spy"], targets=["contrast-5", "digits-m"],
+                         isolation="in-process")  # the spy's records stay in this process
     assert summary.failed == 0
     assert set(cells.setting) == {"da"}
     contexts = {c["domain"] for c, _ in DASpy.target_batches}

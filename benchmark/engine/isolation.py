@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import traceback
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -162,6 +163,7 @@ class Isolated:
         # (warm kernel caches and imports: a fresh process is ~0.6 s slower per digits job);
         # never shared between configurations, and replaced after any error.
         self._sessions: dict[Any, tuple[Connection, str]] = {}
+        self._finalizer: weakref.finalize | None = None
 
     # -- the zygote --
     def start(self) -> None:
@@ -182,6 +184,7 @@ class Isolated:
         finally:
             theirs.close()
         self._control, self._ready = ours, False
+        self._finalizer = weakref.finalize(self, _shutdown, ours, self._zygote, self._sessions)
 
     def _wait_ready(self) -> socket.socket:
         self.start()
@@ -224,19 +227,10 @@ class Isolated:
                 pass
 
     def close(self) -> None:
-        for conn, token in self._sessions.values():
-            conn.close()
-            self._kill(token)
-        self._sessions.clear()
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-        if self._zygote is not None:
-            try:
-                self._zygote.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._zygote.kill()
-            self._zygote = None
+        """Stop the adapter processes and the zygote (also done when this is collected)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._control, self._zygote, self._finalizer = None, None, None
 
     # -- one job --
     def run(self, entry: str, task: Any, host: Any = None, timeout: float | None = None,
@@ -290,6 +284,19 @@ class Isolated:
                 raise wire.WireError(f"unknown request {op!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise wire.WireError(f"malformed {op!r} request ({exc})") from None
+
+
+def _shutdown(control: socket.socket, zygote: subprocess.Popen,
+              sessions: dict[Any, tuple[Connection, str]]) -> None:
+    for conn, _ in sessions.values():
+        conn.close()  # the adapter process sees EOF and exits
+    sessions.clear()
+    control.close()  # the zygote sees EOF and exits
+    try:
+        zygote.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        zygote.kill()
+        zygote.wait()
 
 
 # ---- inside the adapter process -----------------------------------------------------------

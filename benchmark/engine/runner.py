@@ -219,28 +219,32 @@ class Runner:
             for path in (config.results, config.leaderboards):
                 Path(path).mkdir(parents=True, exist_ok=True)  # mount points of the sandbox
             self.process.start()  # imports torch while this process plans
-        self.imports = run_imports(self.suite, config.adapters)
-        self.infos = self._describe(config.adapters)
-        for spec in config.adapters:
-            info = self.infos[spec]
-            if not applicable(info, type(self.suite)):
-                raise ShiftbenchError(
-                    f"adapter {info.label!r} does not apply to suite {self.suite.name!r} "
-                    f"(needs task in {sorted(info.tasks)} and {sorted(info.requires)}; "
-                    f"the suite is {self.suite.task} and provides "
-                    f"{sorted(self.suite.provides)})"
-                )
-            if info.setting.startswith("da") and any(p.sequential for p in protocols):
-                raise ShiftbenchError(
-                    f"adapter {info.label!r} trains on each target's unlabeled data "
-                    "(setting da), so it has one model per target; the continual and mixed "
-                    "protocols run one model across targets -- use episodic or noniid"
-                )
-            if config.source_checkpoint is not None and info.changes_training:
-                raise ShiftbenchError(
-                    f"adapter {info.label!r} changes training, but --source-checkpoint "
-                    "provides a plain source model; run it without --source-checkpoint"
-                )
+        try:
+            self.imports = run_imports(self.suite, config.adapters)
+            self.infos = self._describe(config.adapters)
+            for spec in config.adapters:
+                info = self.infos[spec]
+                if not applicable(info, type(self.suite)):
+                    raise ShiftbenchError(
+                        f"adapter {info.label!r} does not apply to suite {self.suite.name!r} "
+                        f"(needs task in {sorted(info.tasks)} and {sorted(info.requires)}; "
+                        f"the suite is {self.suite.task} and provides "
+                        f"{sorted(self.suite.provides)})"
+                    )
+                if info.setting.startswith("da") and any(p.sequential for p in protocols):
+                    raise ShiftbenchError(
+                        f"adapter {info.label!r} trains on each target's unlabeled data "
+                        "(setting da), so it has one model per target; the continual and mixed "
+                        "protocols run one model across targets -- use episodic or noniid"
+                    )
+                if config.source_checkpoint is not None and info.changes_training:
+                    raise ShiftbenchError(
+                        f"adapter {info.label!r} changes training, but --source-checkpoint "
+                        "provides a plain source model; run it without --source-checkpoint"
+                    )
+        except BaseException:
+            self.process.close()  # stop the adapter process before reporting the error
+            raise
         self.provisioner = Provisioner(self.suite, self.store, self.process, self.imports,
                                        self.device, config.threads, config.progress,
                                        config.source_checkpoint)
