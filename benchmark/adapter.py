@@ -44,6 +44,16 @@ from torch import nn
 
 from benchmark.provenance import source_hash
 
+TRAINING_HOOKS = ("prepare", "extra_loss", "set_context", "target_loss", "finish_training",
+                  "training_signature")
+TEST_HOOKS = ("attach", "setup", "set_context", "adapt", "predict", "reset")
+HOOKS = tuple(dict.fromkeys((*TRAINING_HOOKS, *TEST_HOOKS)))
+"""Every method of the protocol the runner calls (the lifecycle above)."""
+BEHAVIOUR_HOOKS = ("prepare", "extra_loss", "set_context", "target_loss", "finish_training",
+                   "setup", "adapt", "predict")
+"""The hooks that change what a method computes (the rest is bookkeeping): an adapter that
+overrides none of them scores exactly like ``source``."""
+
 Setting = Literal["tta", "dg", "da"]
 """tta: source model adapted at test time; dg: trained on labelled source only;
 da: unlabeled target data also seen during training."""

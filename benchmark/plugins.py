@@ -33,16 +33,12 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
-from benchmark.adapter import Adapter
+from benchmark.adapter import HOOKS, Adapter
 from benchmark.errors import ShiftbenchError
 from benchmark.registry import ADAPTERS
 
 ENTRY_POINT_GROUP = "shiftbench.adapters"
 
-# Every hook of the protocol, and the ones that change behaviour (the rest is bookkeeping).
-HOOKS = ("prepare", "extra_loss", "training_signature", "attach", "setup", "adapt", "predict",
-         "reset")
-BEHAVIOUR_HOOKS = ("prepare", "extra_loss", "setup", "adapt", "predict")
 SETTINGS = ("tta", "dg", "da")
 NAME_PATTERN = re.compile(r"^[A-Za-z_][\w.\-]*$")  # what AdapterSpec.parse accepts
 FILE_REFERENCE = re.compile(r"^(?P<path>.+\.py):(?P<cls>[^:()]*)$")

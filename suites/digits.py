@@ -15,7 +15,7 @@ from suites._photos import random_crops
 
 
 @functools.cache
-def _digit_splits(size: int, split_seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def digit_splits(size: int, split_seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The 1,797 8x8 digits, upsampled to ``size`` (bilinear), 3 channels, ink = 1,
     split 2/3 train, 1/3 test, stratified by class with a fixed seed."""
     from sklearn.datasets import load_digits
@@ -97,7 +97,7 @@ class Digits(Suite):
         if split not in ("train", "test"):
             raise KeyError(f"unknown split {split!r}; use 'train' or 'test'")
         if (domain, split) not in self._cache:
-            images, labels = _digit_splits(self.size, self.split_seed)[split]
+            images, labels = digit_splits(self.size, self.split_seed)[split]
             if domain == "digits-m":
                 if split == "test":  # several blends per digit: less evaluation noise
                     images = images.repeat(self.target_test_blends, 1, 1, 1)

@@ -14,7 +14,7 @@ from benchmark.store import atomic_write_bytes, atomic_write_text, stable_hash
 from benchmark.suite import DomainData, Split
 from suites._cache import cache_dir, engine_identity
 from suites.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from suites.digits import Digits, _digit_splits
+from suites.digits import Digits, digit_splits
 
 
 def corruption_domain(name: str, severity: int) -> str:
@@ -64,7 +64,7 @@ class DigitsC(Digits):
         if split not in ("train", "test"):
             raise KeyError(f"unknown split {split!r}; use 'train' or 'test'")
         name, severity = self._domains[domain]
-        images, labels = _digit_splits(self.size, self.split_seed)[split]
+        images, labels = digit_splits(self.size, self.split_seed)[split]
         if split == "train":
             return DomainData(self._generate(images, name, severity, split), labels)
         if domain not in self._test_u8:
@@ -81,7 +81,7 @@ class DigitsC(Digits):
     # ---- disk cache ---------------------------------------------------------------------
     def _cache_paths(self) -> tuple[Path, Path]:
         if self._cache_key is None:
-            clean = _digit_splits(self.size, self.split_seed)
+            clean = digit_splits(self.size, self.split_seed)
             digest = hashlib.sha256()
             for split in ("train", "test"):
                 digest.update(DomainData(*clean[split]).digest().encode())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from benchmark.registry import SUITES
 from benchmark.suite import DomainData, Recipe, Split, Suite
 from suites._photos import random_crops
-from suites.digits import _digit_splits
+from suites.digits import digit_splits
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def render_scene(digits: torch.Tensor, seed: int, zoom: int = 2,
 def _camera_split(split: Split, which: str, seed: int) -> DomainData:
     """Rendered ``split`` through the seen cameras (``which="seen"``: camera ids 0..3,
     assigned round-robin after a seeded shuffle) or the unseen one (id 4)."""
-    images, labels = _digit_splits(DigitsCams.size, DigitsCams.split_seed)[split]
+    images, labels = digit_splits(DigitsCams.size, DigitsCams.split_seed)[split]
     if which == "unseen" and split == "test":  # several renderings: less evaluation noise
         images = images.repeat(DigitsCams.target_test_renders, 1, 1, 1)
         labels = labels.repeat(DigitsCams.target_test_renders)

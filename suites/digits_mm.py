@@ -25,7 +25,7 @@ import torch
 
 from benchmark.registry import SUITES
 from benchmark.suite import DomainData, Recipe, Split, Suite
-from suites.digits import _digit_splits
+from suites.digits import digit_splits
 from suites.digits_cams import UNSEEN_CAMERA, gaussian_blur, render_scene
 
 MODALITY_CHANNELS = {"rgb": (0, 1, 2), "thermal": (3, 4, 5)}
@@ -54,7 +54,7 @@ SHIFTED_THERMAL = ThermalSensor(ambient=0.3, contrast=0.6, blur_sigma=1.6, noise
 
 @functools.cache
 def _render(split: Split, domain: str, seed: int, repeats: int) -> DomainData:
-    images, labels = _digit_splits(DigitsMM.size, DigitsMM.split_seed)[split]
+    images, labels = digit_splits(DigitsMM.size, DigitsMM.split_seed)[split]
     images, labels = images.repeat(repeats, 1, 1, 1), labels.repeat(repeats)
     generator = torch.Generator().manual_seed(seed)
     rgb = render_scene(images, seed)

@@ -105,9 +105,9 @@ class FileReader(_Cheater):
             except OSError:
                 pass
         try:
-            from suites.digits import Digits, _digit_splits
+            from suites.digits import Digits, digit_splits
 
-            _, labels = _digit_splits(Digits.size, 0)["test"]
+            _, labels = digit_splits(Digits.size, 0)["test"]
             return labels if len(labels) == n else None
         except Exception:
             return None

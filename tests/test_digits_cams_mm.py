@@ -8,7 +8,7 @@ import torch
 from benchmark.models import create_model
 from benchmark.registry import SUITES
 from suites import digits_cams, digits_mm
-from suites.digits import _digit_splits
+from suites.digits import digit_splits
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def mm():
 
 def test_digits_cams_shapes_ranges_and_camera_ids(cams):
     assert cams.provides == {"camera_ids", "domain_ids"}
-    n_train = len(_digit_splits(32, 0)["train"][1])
-    n_test = len(_digit_splits(32, 0)["test"][1])
+    n_train = len(digit_splits(32, 0)["train"][1])
+    n_test = len(digit_splits(32, 0)["test"][1])
     for domain, split, n in (("cams-seen", "train", n_train), ("cams-seen", "test", n_test),
                              ("cam-unseen", "train", n_train),
                              ("cam-unseen", "test", 3 * n_test)):
@@ -39,7 +39,7 @@ def test_digits_cams_shapes_ranges_and_camera_ids(cams):
             assert len(counts) == 4 and counts.max() - counts.min() <= 1
         else:  # one new id, constant over the split
             assert (camera == cams.unseen_camera_id).all() and cams.unseen_camera_id == 4
-    test_labels = _digit_splits(32, 0)["test"][1]
+    test_labels = digit_splits(32, 0)["test"][1]
     assert torch.equal(cams.load("cam-unseen", "test").labels, test_labels.repeat(3))
 
 

@@ -54,11 +54,11 @@ class TinyDigitsC(TinyDigits):
     def load(self, domain: str, split: str):
         from benchmark.suite import DomainData
         from suites.corruptions import corrupt
-        from suites.digits import _digit_splits
+        from suites.digits import digit_splits
 
         if domain in ("gaussian_noise-5", "contrast-5"):
             if (domain, split) not in self._cache:
-                images, labels = _digit_splits(self.size, self.split_seed)[split]
+                images, labels = digit_splits(self.size, self.split_seed)[split]
                 name = domain.rsplit("-", 1)[0]
                 self._cache[(domain, split)] = DomainData(corrupt(images, name, 5, seed=3),
                                                           labels)

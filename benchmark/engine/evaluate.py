@@ -138,6 +138,12 @@ def prepared_model(adapter: Adapter, model: nn.Module, rng_state: torch.Tensor,
                    seed: int) -> nn.Module:
     """``adapter.prepare`` on the suite's model, continuing torch's RNG from where the
     scoring side built it, so both sides of the link give the same initialisation."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)  # an adapter drawing from Python's or NumPy's global generator is
+    np.random.seed(seed % 2**32)  # as reproducible as one drawing from torch's
     torch.set_rng_state(rng_state)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
@@ -309,13 +315,17 @@ class Scoring:
     peak_mb: float = 0.0
     mixed_sizes: list[int] | None = None
     replay: _Stream | None = None  # check's replay of the first stream after reset()
-    replay_logits: list[torch.Tensor] = field(default_factory=list)
+    replay_logits: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    kept: list[torch.Tensor | None] | None = None  # check: every cell's logits
 
     @classmethod
     def for_job(cls, cells: list[CellPlan], protocol: StreamProtocol, params: dict[str, Any],
                 batch_size: int, batch_key: str | None,
-                make_metric: Callable[[], Metric]) -> Scoring:
+                make_metric: Callable[[], Metric], keep_logits: bool = False) -> Scoring:
         scoring = cls(cells, [make_metric() for _ in cells])
+        if keep_logits:
+            scoring.kept = [None] * len(cells)
         targets = cells[0].role == "target"
         if targets and protocol.records_curve:
             scoring.curves = [[] for _ in cells]
@@ -343,6 +353,7 @@ class Scoring:
                 where = domain[index] == d
                 labels = self.cells[d].data.labels[local[index][where]]
                 self.metrics[d].update(logits[where], labels)
+                self._keep(d, logits[where], local[index][where])
 
         self.mixed_sizes = sizes
         plan = StreamPlan({"role": "target", "domain": "mixed"}, len(domain), batch_size)
@@ -351,9 +362,18 @@ class Scoring:
     def _cell_scorer(self, i: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
         def score(logits: torch.Tensor, index: torch.Tensor) -> None:
             self.metrics[i].update(logits, self.cells[i].data.labels[index])
+            self._keep(i, logits, index)
             if self.curves is not None:
                 self.curves[i].append(float(self.metrics[i].result()["score"]))
         return score
+
+    def _keep(self, cell: int, logits: torch.Tensor, index: torch.Tensor) -> None:
+        if self.kept is None:
+            return
+        if self.kept[cell] is None:
+            n = len(self.cells[cell].data)
+            self.kept[cell] = torch.full((n, *logits.shape[1:]), float("nan"))
+        self.kept[cell][index] = logits  # type: ignore[index]
 
     @property
     def plans(self) -> list[StreamPlan]:
@@ -372,7 +392,16 @@ class Scoring:
         return self.streams[index]
 
     def _collect_replay(self, logits: torch.Tensor, index: torch.Tensor) -> None:
-        self.replay_logits.append(logits)
+        self.replay_logits.append((logits, index))
+
+    def replay_logits_in_order(self) -> torch.Tensor:
+        """The replayed first stream's logits, in dataset order (as :attr:`kept`)."""
+        first = self.streams[0]
+        n = len(self.cells[first.cell].data)
+        out = torch.full((n, *self.replay_logits[0][0].shape[1:]), float("nan"))
+        for logits, index in self.replay_logits:
+            out[index] = logits
+        return out
 
     # -- the Link, served to the adapter side --
     def images(self, stream: int, positions: torch.Tensor) -> torch.Tensor:
@@ -392,8 +421,8 @@ class Scoring:
         if not len(index):
             raise ScoringError(f"stream {stream} has no batch {batch}")
         if logits.ndim < 2 or len(logits) != len(index) or not logits.is_floating_point():
-            raise ScoringError(f"predict returned {tuple(logits.shape)} {logits.dtype} logits "
-                               f"for a batch of {len(index)}")
+            raise ScoringError(f"predict() returned {tuple(logits.shape)} for a batch of "
+                               f"{len(index)}; return logits of shape (batch, classes)")
         if not torch.isfinite(logits).all():
             raise FloatingPointError("adapter produced non-finite predictions (NaN/inf)")
         s.next_batch += 1
@@ -469,6 +498,6 @@ def evaluate_job(task: AdapterTask, scoring: Scoring, process: Any,
     one), the scoring side here. Returns the cells' results and the adapter side's report
     (non-finite tensors; with ``probe_reset``, what reset() left changed)."""
     task.streams = scoring.plans
-    report = process.run("evaluate", task, scoring, timeout=timeout,
-                         cells=len(scoring.cells))
+    report, _ = process.run("evaluate", task, scoring, timeout=timeout,
+                            cells=len(scoring.cells))
     return scoring.results(), report

@@ -51,11 +51,34 @@ STARTUP_TIMEOUT = 300.0  # seconds for the zygote to import torch and the projec
 
 
 class AdapterProcessError(RuntimeError):
-    """The adapter side raised; the message is its error, ``details`` its traceback."""
+    """The adapter side raised. ``str()`` is one line: the hook, the error and where in the
+    adapter's code; ``kind`` the error's type name, ``details`` its traceback."""
 
-    def __init__(self, message: str, details: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, details: str = "", kind: str = "", hook: str = "",
+                 where: str = "") -> None:
+        self.kind, self.hook, self.where, self.message = kind, hook, where, message
+        line = f"{kind}: {message}" if kind else message
+        if hook:
+            line = f"{hook}() raised {line}"
+        super().__init__(line + (f" at {where}" if where else ""))
         self.details = details
+
+
+def failure(exc: BaseException) -> dict[str, str]:
+    """An adapter-side error as plain data: its type, message, the hook it was raised in
+    (the outermost adapter-protocol method on the stack) and the innermost place outside
+    torch and the engine (the adapter's own line, where there is one)."""
+    from benchmark.adapter import HOOKS
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    engine = str(Path(__file__).resolve().parent)
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    hook = next((f.name for f in frames
+                 if not f.filename.startswith(engine) and f.name in (*HOOKS, "__init__")), "")
+    own = [f for f in frames if not f.filename.startswith((engine, torch_dir))]
+    where = f"{own[-1].filename}:{own[-1].lineno}" if own else ""
+    return {"kind": type(exc).__name__, "message": " ".join(str(exc).split()),
+            "hook": hook, "where": where, "traceback": traceback.format_exc()}
 
 
 class CellTimeout(RuntimeError):
@@ -86,11 +109,26 @@ class InProcess:
         threads = torch.get_num_threads()
         try:
             return _split(_entries()[entry](task, host))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # the same one-line error as from an adapter process
+            if host is not None and _raised_by(exc, host):
+                raise  # the scoring side's own error (bad logits), not the adapter's
+            fields = failure(exc)
+            raise AdapterProcessError(fields.pop("message"), fields.pop("traceback"),
+                                      **fields) from exc
         finally:
             torch.set_num_threads(threads)
 
     def close(self) -> None:
         pass
+
+
+def _raised_by(exc: BaseException, host: Any) -> bool:
+    """Whether the innermost frame of ``exc`` is the scoring side's (``host``'s module)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    module = sys.modules[type(host).__module__].__file__
+    return bool(frames) and frames[-1].filename == module
 
 
 # ---- a separate process -------------------------------------------------------------------------
@@ -205,6 +243,13 @@ class Isolated:
             self._ready = True
         return self._control
 
+    def discard(self, spec: Any) -> None:
+        """Let the next job of this adapter configuration start in a new process."""
+        session = self._sessions.pop(("evaluate", spec), None)
+        if session is not None:
+            session[0].close()
+            self._kill(session[1])
+
     def _open(self) -> tuple[Connection, str]:
         control = self._wait_ready()
         ours, theirs = socket.socketpair()
@@ -258,8 +303,9 @@ class Isolated:
                         self._sessions[reuse], kept = (conn, token), True
                     return header.get("result") or {}, tensors
                 if op == "error":
-                    raise AdapterProcessError(str(header.get("error")),
-                                              str(header.get("traceback", "")))
+                    fields = {k: str(header.get(k, "")) for k in ("kind", "hook", "where")}
+                    raise AdapterProcessError(str(header.get("message", "")),
+                                              str(header.get("traceback", "")), **fields)
                 self._serve(conn, op, header, tensors, host)
         finally:
             if not kept:
@@ -370,8 +416,7 @@ def child_main(conn: Connection) -> None:
             wire.send(conn, {"op": "result", "result": _jsonable(header)}, tensors)
         except BaseException as exc:  # reported to the scoring side, which fails the cell
             try:
-                wire.send(conn, {"op": "error", "error": f"{type(exc).__name__}: {exc}",
-                                 "traceback": traceback.format_exc()})
+                wire.send(conn, {"op": "error", **failure(exc)})
             except Exception:
                 pass
             return

@@ -190,7 +190,9 @@ def run_imports(suite: Suite, specs: list[AdapterSpec]) -> Imports:
 
 
 class Runner:
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, suite: Suite | None = None) -> None:
+        """``suite``: an instance to run instead of the registered ``config.suite`` (the
+        check kit's tiny suite)."""
         protocols = [get_protocol(p) for p in config.protocols]
         if not config.protocols or not config.batch_sizes or not config.seeds:
             raise ShiftbenchError("a run needs at least one protocol, batch size and seed")
@@ -207,8 +209,8 @@ class Runner:
         if config.threads < 1:
             raise ShiftbenchError(f"--threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
-        self.suite: Suite = SUITES.get(config.suite)(root=config.data_root,
-                                                      download=config.download)
+        self.suite: Suite = suite if suite is not None else SUITES.get(config.suite)(
+            root=config.data_root, download=config.download)
         self.store = ResultStore(config.results)
         self.targets = self._select_targets(config.targets)
         hidden = [config.results, config.leaderboards, *self.suite.data_paths()]
@@ -483,7 +485,7 @@ class Runner:
         except Exception as exc:  # a failing adapter is a failed cell, never a crashed run
             details = getattr(exc, "details", "")
             for record in records:
-                record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                record.update(status="failed", error=error_line(exc),
                               traceback=(details + "\n" if details else "")
                               + traceback.format_exc())
         finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -493,21 +495,40 @@ class Runner:
 
     # ---- evaluation ------------------------------------------------------------------
     def evaluate(self, info: AdapterInfo, state: dict[str, torch.Tensor], job: Job,
-                 probe_reset: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """A job through the one evaluation function (benchmark.engine.evaluate)."""
+                 probe_reset: bool = False, keep_logits: bool = False, fresh: bool = False
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """A job through the one evaluation function (benchmark.engine.evaluate).
+        ``check`` also asks for the logits (``keep_logits``: per cell, in dataset order),
+        a reset probe, and a new adapter process (``fresh``)."""
+        if fresh and hasattr(self.process, "discard"):
+            self.process.discard(job.spec)
         protocol = get_protocol(job.protocol)
         cells = [CellPlan(c.domain, c.role, self.suite.load(c.domain, "test"),
                           self.targets.index(c.domain) if c.role == "target" else -1)
                  for c in job.cells]
         scoring = Scoring.for_job(cells, protocol, job.params, job.batch_size,
-                                  info.batch_key, self.suite.make_metric)
+                                  info.batch_key, self.suite.make_metric, keep_logits)
         seed_everything(job.seed)
         model = self.suite.build_model()
         task = AdapterTask(spec=job.spec, imports=self.imports, model=model,
                            rng_state=torch.get_rng_state(), state=state,
                            device=str(self.device), threads=self.config.threads,
                            seed=job.seed, streams=[], probe_reset=probe_reset)
-        return evaluate_job(task, scoring, self.process, self.config.cell_timeout)
+        results, side = evaluate_job(task, scoring, self.process, self.config.cell_timeout)
+        if keep_logits:
+            for result, logits in zip(results, scoring.kept or [], strict=True):
+                result["logits"] = logits
+            if probe_reset:
+                side["replay_logits"] = scoring.replay_logits_in_order()
+        return results, side
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a failed cell: the adapter side's own error (with the hook and the
+    place in the adapter's code) or the scoring side's."""
+    if isinstance(exc, AdapterProcessError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _failure_header(record: dict[str, Any]) -> str:
