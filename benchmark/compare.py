@@ -36,6 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import ShiftbenchError
+from benchmark.signed_csv import DIGEST_COLUMN, verify
 from benchmark.store import atomic_write_text
 
 Unit = Literal["cell", "seed"]
@@ -59,6 +60,7 @@ def read_cells(path: Path) -> pd.DataFrame:
             "into the --leaderboards folder as <suite>-cells.csv; pass that folder with "
             "--leaderboards DIR, or the file itself with --csv-a/--csv-b"
         )
+    verify(path)
     try:
         cells = pd.read_csv(path, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -71,7 +73,7 @@ def read_cells(path: Path) -> pd.DataFrame:
         )
     cells["domain"] = cells["domain"].astype(str)
     cells["adapter"] = cells["adapter"].astype(str)
-    return cells
+    return cells.drop(columns=DIGEST_COLUMN)
 
 
 def select_adapter(cells: pd.DataFrame, name: str, path: Path) -> tuple[str, pd.DataFrame]:

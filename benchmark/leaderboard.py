@@ -46,6 +46,7 @@ import pandas as pd
 
 from benchmark import markdown
 from benchmark.metrics import mean_std_ci95
+from benchmark.signed_csv import to_signed_csv
 from benchmark.store import ResultStore, atomic_write_text
 from benchmark.suite import Suite
 
@@ -290,7 +291,7 @@ def write(
     out_dir = Path(out_dir)
     paths = [out_dir / f"{suite.name}.csv", out_dir / f"{suite.name}-cells.csv"]
     atomic_write_text(paths[0], board.to_csv(index=False, lineterminator="\n"))
-    atomic_write_text(paths[1], long.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(paths[1], to_signed_csv(long))
     paths.append(out_dir / f"{suite.name}.md")
     atomic_write_text(paths[2], markdown.render_for_suite(suite, board))
     return board, paths

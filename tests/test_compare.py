@@ -11,6 +11,7 @@ from cells_fixture import cell_row, frame
 from scipy import stats
 
 from benchmark.cli import main
+from benchmark.signed_csv import to_signed_csv
 
 TARGETS = ["fog", "snow", "blur"]
 SEEDS = range(6)
@@ -60,7 +61,7 @@ def expected(cells: pd.DataFrame, a: str, b: str, domain: str | None = None) -> 
 @pytest.fixture
 def boards(tmp_path):
     cells = build_cells()
-    cells.to_csv(tmp_path / "toy-cells.csv", index=False)
+    (tmp_path / "toy-cells.csv").write_text(to_signed_csv(cells))
     return tmp_path, cells
 
 
@@ -120,7 +121,7 @@ def test_two_files_pair_the_same_adapter(boards, tmp_path, capsys):
     newer.loc[is_tent, "score"] = newer.loc[is_tent, "score"] + 2.0
     newer.loc[is_tent, "code_revision"] = "def"
     (tmp_path / "v2").mkdir()
-    newer.to_csv(tmp_path / "v2" / "toy-cells.csv", index=False)
+    (tmp_path / "v2" / "toy-cells.csv").write_text(to_signed_csv(newer))
     out = tmp_path / "files.csv"
     assert main(["compare", "--csv-a", str(tmp_path / "v2" / "toy-cells.csv"),
                  "--csv-b", str(folder / "toy-cells.csv"), "--adapter", "tent",
@@ -148,7 +149,7 @@ def test_clear_errors(boards, capsys, argv, message):
 
 def test_no_pairs_is_explained(tmp_path, capsys):
     rows = [cell_row("tent", "fog", 0, 50.0), cell_row("adabn", "fog", 1, 51.0)]
-    frame(rows).to_csv(tmp_path / "toy-cells.csv", index=False)
+    (tmp_path / "toy-cells.csv").write_text(to_signed_csv(frame(rows)))
     assert main(["compare", "--suite", "toy", "--a", "tent", "--b", "adabn",
                  "--leaderboards", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -159,3 +160,18 @@ def test_missing_cell_file_names_the_path(tmp_path, capsys):
     assert main(["compare", "--suite", "nowhere", "--a", "x", "--b", "y",
                  "--leaderboards", str(tmp_path)]) == 2
     assert str(tmp_path / "nowhere-cells.csv") in capsys.readouterr().err
+
+
+def test_a_cut_or_edited_row_is_refused(boards, capsys):
+    folder, _ = boards
+    path = folder / "toy-cells.csv"
+    lines = path.read_text().splitlines()
+    # a score cut mid-number would otherwise pass as a smaller score
+    header, row = lines[0].split(","), lines[1].split(",")
+    at = header.index("score")
+    row[at] = row[at][:2]
+    path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    assert main(["compare", "--suite", "toy", "--a", "tent", "--b", "adabn",
+                 "--leaderboards", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}, line 2" in err and "row_sha256" in err

@@ -201,6 +201,12 @@ def test_usps_h5_release_is_its_own_suite(tmp_path):
     assert suite.fingerprint().startswith("mnist=files;usps=files;sha256=")
     assert suite.fingerprint() != fixture_suite(MnistUsps, write_usps(tmp_path).parent
                                                 ).fingerprint()
+    # the release's md5 is checked like every other file's: a truncated copy is named
+    checked = with_fixture_checksums(MnistUspsH5, content_md5s(tmp_path / "USPS"))
+    h5_file = tmp_path / "USPS" / "usps.h5"
+    h5_file.write_bytes(h5_file.read_bytes()[:-100])
+    with pytest.raises(DatasetNotFoundError, match=f"checksum mismatch for {h5_file}"):
+        checked(root=tmp_path).load("usps", "test")
 
 
 # ---- checksums ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from cells_fixture import cell_row, frame
 
 from benchmark import plots
 from benchmark.cli import main
+from benchmark.signed_csv import to_signed_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADAPTERS = {"source": 0.0, "adabn": 12.0, "tent": 15.0}
@@ -36,7 +37,7 @@ def corruption_cells(batch_sizes=(128,), curves=False):
 @pytest.fixture
 def digits_c(tmp_path):
     cells = corruption_cells()
-    cells.to_csv(tmp_path / "digits-c-cells.csv", index=False)
+    (tmp_path / "digits-c-cells.csv").write_text(to_signed_csv(cells))
     return tmp_path, cells
 
 
@@ -79,7 +80,7 @@ def test_heatmap_is_adapters_by_targets(digits_c):
 
 def test_batch_size_sweep_and_online_curves(tmp_path):
     cells = corruption_cells(batch_sizes=(16, 64), curves=True)
-    cells.to_csv(tmp_path / "sweep-cells.csv", index=False)
+    (tmp_path / "sweep-cells.csv").write_text(to_signed_csv(cells))
     assert main(["plot", "--suite", "sweep", "--leaderboards", str(tmp_path),
                  "--out", str(tmp_path / "figs")]) == 0
     for kind in ("heatmap", "severity", "batch-size", "online"):
