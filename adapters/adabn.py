@@ -4,7 +4,7 @@ Adaptation", ICLR Workshop 2017 (arXiv:1603.04779)."""
 from __future__ import annotations
 
 from benchmark.adapter import Adapter, TargetStream
-from benchmark.norm import estimate_statistics, require_batchnorm
+from benchmark.layers.norm import estimate_statistics, require_batchnorm
 from benchmark.registry import ADAPTERS
 
 
@@ -18,7 +18,7 @@ class AdaBN(Adapter):
 
     One no-grad pass over the unlabeled target stream with BN normalizing with batch
     statistics (each layer sees its input normalized as in the usual recipe), accumulating
-    per-channel sums in float64 (:func:`benchmark.norm.estimate_statistics`), so the
+    per-channel sums in float64 (:func:`benchmark.layers.norm.estimate_statistics`), so the
     statistics are those of the whole target set, exact whatever the batch size -- not the
     average of per-batch statistics that ``momentum=None`` gives. Variance is unbiased, as
     BN's running_var is.

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.adapter import Adapter
-from benchmark.norm import require_batchnorm
+from benchmark.layers.norm import require_batchnorm
 from benchmark.registry import ADAPTERS
 
 

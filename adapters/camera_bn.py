@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.adapter import Adapter, TargetStream
-from benchmark.norm import estimate_statistics
+from benchmark.layers.norm import estimate_statistics
 from benchmark.registry import ADAPTERS
 
 

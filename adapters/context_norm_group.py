@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapters.context_norm import ContextNorm, replace_first_batchnorm
 from benchmark.adapter import Adapter
+from benchmark.layers.context_norm import ContextNorm, replace_first_batchnorm
 from benchmark.registry import ADAPTERS
 
 

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from adapters.tent import softmax_entropy
 from benchmark.adapter import Adapter, TrainingImages
-from benchmark.norm import estimate_statistics, require_batchnorm
+from benchmark.layers.losses import softmax_entropy
+from benchmark.layers.norm import estimate_statistics, require_batchnorm
+from benchmark.layers.surgery import replace_modules
 from benchmark.registry import ADAPTERS
-from benchmark.surgery import replace_modules
 
 DOMAINS = ("source", "target")
 

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from benchmark.adapter import Adapter
-from benchmark.registry import ADAPTERS
-from benchmark.surgery import (
+from benchmark.layers.surgery import (
     batchnorm_channels,
     copy_batchnorm_channels,
     first_norm_paths,
     get_module,
     set_module,
 )
+from benchmark.registry import ADAPTERS
 
 
 class InstanceBatchNorm2d(nn.Module):

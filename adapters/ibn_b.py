@@ -6,8 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from benchmark.adapter import Adapter
-from benchmark.registry import ADAPTERS
-from benchmark.surgery import (
+from benchmark.layers.surgery import (
     add_norm_after_addition,
     batchnorm_channels,
     block_output_channels,
@@ -17,6 +16,7 @@ from benchmark.surgery import (
     set_module,
     stem_norm_path,
 )
+from benchmark.registry import ADAPTERS
 
 
 def to_ibn_b(model: nn.Module, stages: tuple[int, ...] = (1, 2)) -> nn.Module:

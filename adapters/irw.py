@@ -4,7 +4,7 @@ Whitening", CVPR 2021 (arXiv:2103.15597)."""
 
 from __future__ import annotations
 
-from adapters.isw import InstanceWhitening, WhiteningAdapter
+from benchmark.layers.whitening import InstanceWhitening, WhiteningAdapter
 from benchmark.registry import ADAPTERS
 
 

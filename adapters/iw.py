@@ -4,7 +4,7 @@ Whitening", CVPR 2021 (arXiv:2103.15597)."""
 
 from __future__ import annotations
 
-from adapters.isw import WhiteningAdapter
+from benchmark.layers.whitening import WhiteningAdapter
 from benchmark.registry import ADAPTERS
 
 

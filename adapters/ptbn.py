@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from benchmark.adapter import Adapter
-from benchmark.norm import normalize_with_batch_statistics, require_batchnorm
+from benchmark.layers.norm import normalize_with_batch_statistics, require_batchnorm
 from benchmark.registry import ADAPTERS
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from adapters.cdn import install_fusion_norms
 from benchmark.adapter import Adapter
+from benchmark.layers.fusion import install_fusion_norms
 from benchmark.registry import ADAPTERS
 
 

@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.adapter import Adapter, TrainingImages
-from benchmark.norm import require_batchnorm
+from benchmark.layers.norm import require_batchnorm
+from benchmark.layers.surgery import copy_batchnorm_channels, replace_modules
 from benchmark.registry import ADAPTERS
-from benchmark.surgery import copy_batchnorm_channels, replace_modules
 
 NORMALIZERS = ("in", "ln", "bn")  # the order of the importance weights
 

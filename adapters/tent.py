@@ -7,15 +7,9 @@ import torch
 from torch import nn
 
 from benchmark.adapter import Adapter
-from benchmark.norm import normalize_with_batch_statistics, require_batchnorm
+from benchmark.layers.losses import softmax_entropy
+from benchmark.layers.norm import normalize_with_batch_statistics, require_batchnorm
 from benchmark.registry import ADAPTERS
-
-
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy of softmax(logits) over the class dimension (dim 1), per prediction;
-    for segmentation logits (N, C, H, W) that is one entropy per pixel."""
-    log_p = logits.log_softmax(1)
-    return -(log_p.exp() * log_p).sum(1)
 
 
 @ADAPTERS.register("tent")

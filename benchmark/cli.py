@@ -9,11 +9,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from benchmark import leaderboard
 from benchmark.engine.launchers import LAUNCHERS
 from benchmark.engine.runner import PROTOCOLS, RunConfig, Runner, applicable
 from benchmark.errors import ShiftbenchError
 from benchmark.registry import ADAPTERS, SUITES, UnknownNameError, load_builtins
+from benchmark.report import leaderboard
 from benchmark.specs import AdapterSpec, split_list
 
 DEFAULT_SUITE = "digits"
@@ -293,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from benchmark import compare
+    from benchmark.report import compare
 
     two_files = args.csv_a is not None or args.csv_b is not None
     options = dict(protocol=args.protocol, batch_size=args.batch_size, unit=args.unit,
@@ -319,7 +319,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from benchmark import plots
+    from benchmark.report import plots
 
     out = args.out if args.out is not None else args.leaderboards / "plots"
     result = plots.write_plots(args.suite, args.leaderboards / f"{args.suite}-cells.csv", out)

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from benchmark.layers.models import create_model
 from benchmark.metrics import Metric, make_metric
-from benchmark.models import create_model
 
 Split = Literal["train", "test"]
 
@@ -119,7 +119,7 @@ class Suite:
         "fog", "severity": 3}}``; empty when the targets are not a factor grid. Suites whose
         targets carry ``corruption`` and ``severity`` get corruption columns on their
         leaderboard (mean error, mCE, per corruption and per severity; see
-        benchmark.leaderboard)."""
+        benchmark.report.leaderboard)."""
         return {}
 
     def split_fingerprint(self, domain: str, split: Split) -> str:

@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 from benchmark.adapter import Adapter
-from benchmark.norm import require_batchnorm
+from benchmark.layers.norm import require_batchnorm
 
 
 class BNStatsEMA(Adapter):

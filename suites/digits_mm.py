@@ -10,7 +10,7 @@ both. Each sample is one tensor of 6 channels::
                   sensor noise), repeated in 3 channels as visible-infrared datasets store
                   infrared frames
 
-A two-modality model (``two_stream_resnet`` in benchmark.models) splits the channels again.
+A two-modality model (``two_stream_resnet`` in benchmark.layers.models) splits the channels again.
 The targets shift one modality each: a different thermal sensor (warmer background, lower
 contrast, more blur and noise) or a different RGB camera (the unseen camera of digits-cams).
 """

@@ -14,8 +14,8 @@ from pathlib import Path
 from torch import nn
 
 from benchmark.errors import DatasetNotFoundError
+from benchmark.layers.models import create_model
 from benchmark.metrics import Metric
-from benchmark.models import create_model
 from benchmark.registry import SUITES
 from benchmark.store import file_sha256
 from benchmark.suite import DomainData, Recipe, Split, Suite

@@ -1,4 +1,4 @@
-"""Long-form cell CSVs in the exact format benchmark.leaderboard writes, for compare/plot tests."""
+"""Long-form cell CSVs in the format benchmark.report.leaderboard writes (compare/plot tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from benchmark.leaderboard import CELL_COLUMNS
+from benchmark.report.leaderboard import CELL_COLUMNS
 
 
 def cell_row(adapter: str, domain: str, seed: int, score: float, *, role: str = "target",

@@ -15,11 +15,11 @@ import pytest
 import torch
 from cells_fixture import cell_row, frame
 
-from benchmark import leaderboard
 from benchmark.engine.runner import RunConfig, Runner
 from benchmark.errors import DatasetNotFoundError, ShiftbenchError
-from benchmark.models import create_model
+from benchmark.layers.models import create_model
 from benchmark.registry import SUITES
+from benchmark.report import leaderboard
 from benchmark.specs import AdapterSpec
 from benchmark.suite import Recipe, Suite
 from benchmark.weights import check_compatible, load_state_dict_file

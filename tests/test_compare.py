@@ -11,7 +11,7 @@ from cells_fixture import cell_row, frame
 from scipy import stats
 
 from benchmark.cli import main
-from benchmark.signed_csv import to_signed_csv
+from benchmark.report.signed_csv import to_signed_csv
 
 TARGETS = ["fog", "snow", "blur"]
 SEEDS = range(6)

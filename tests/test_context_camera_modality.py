@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from adapters.camera_bn import CameraBatchNorm2d, camera_layers
-from adapters.cdn import ScaledEmbeddingNorm
-from adapters.context_norm import ContextNorm, InputContextNorm, context_layers
 from adapters.modality_bn import ModalityBatchNorm2d
 from benchmark.adapter import TargetStream
-from benchmark.models import SmallResNet, TwoStreamResNet
+from benchmark.layers.context_norm import ContextNorm, InputContextNorm, context_layers
+from benchmark.layers.fusion import ScaledEmbeddingNorm
+from benchmark.layers.models import SmallResNet, TwoStreamResNet
 from benchmark.registry import ADAPTERS
 
 

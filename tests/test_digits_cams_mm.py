@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.models import create_model
+from benchmark.layers.models import create_model
 from benchmark.registry import SUITES
 from suites import digits_cams, digits_mm
 from suites.digits import digit_splits

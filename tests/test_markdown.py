@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmark import leaderboard
-from benchmark.markdown import REPORTED_COLUMNS, REPORTED_CSV, load_reported
+from benchmark.report import leaderboard
+from benchmark.report.markdown import REPORTED_COLUMNS, REPORTED_CSV, load_reported
 from benchmark.store import ResultStore
 from suites.digits import Digits
 

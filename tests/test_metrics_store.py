@@ -125,7 +125,7 @@ def test_registry_rejects_duplicates_and_suggests_names():
 
 
 def test_leaderboard_rows_never_mix_adapter_code_versions():
-    from benchmark.leaderboard import select_cells
+    from benchmark.report.leaderboard import select_cells
 
     def cell(key, seed, code, when):
         return {"key": key, "label": "mine", "protocol": "episodic", "batch_size": 8,

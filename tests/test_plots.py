@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from cells_fixture import cell_row, frame
 
-from benchmark import plots
 from benchmark.cli import main
-from benchmark.signed_csv import to_signed_csv
+from benchmark.report import plots
+from benchmark.report.signed_csv import to_signed_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ADAPTERS = {"source": 0.0, "adabn": 12.0, "tent": 15.0}

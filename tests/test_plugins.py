@@ -32,7 +32,7 @@ EXAMPLE = ROOT / "examples" / "bn_ema.py"
 
 ADAPTER_FILE = '''
 from benchmark.adapter import Adapter
-from benchmark.norm import normalize_with_batch_statistics
+from benchmark.layers.norm import normalize_with_batch_statistics
 
 
 class MyAdapter(Adapter):

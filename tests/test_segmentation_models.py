@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.models import SURGERY_POINTS, create_model
+from benchmark.layers.models import SURGERY_POINTS, create_model
 
 
 def module_at(model: nn.Module, path: str) -> nn.Module:

@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from benchmark.models import DeepLabV3ResNet50, SmallResNet, SmallSegNet, WideResNet
-from benchmark.surgery import (
+from benchmark.layers.models import DeepLabV3ResNet50, SmallResNet, SmallSegNet, WideResNet
+from benchmark.layers.surgery import (
     SurgeryError,
     add_norm_after_addition,
     batchnorm_paths,

@@ -17,17 +17,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from adapters.dsbn import DomainSpecificBatchNorm, dsbn_layers, to_dsbn
 from adapters.ibn_a import InstanceBatchNorm2d
-from adapters.isw import (
-    ISW,
+from adapters.isw import ISW, kmeans_1d
+from adapters.switchable_norm import SwitchNorm2d
+from benchmark.layers.models import SmallResNet, SmallSegNet, WideResNet
+from benchmark.layers.whitening import (
     InstanceWhitening,
     covariance,
-    kmeans_1d,
     to_instance_whitening,
     whitening_layers,
     whitening_loss,
 )
-from adapters.switchable_norm import SwitchNorm2d
-from benchmark.models import SmallResNet, SmallSegNet, WideResNet
 from benchmark.registry import ADAPTERS, SUITES
 from benchmark.suite import DomainData
 from benchmark.training import train_source

@@ -29,7 +29,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from benchmark import leaderboard
 from benchmark.engine.evaluate import (
     AdapterTask,
     CellPlan,
@@ -44,6 +43,7 @@ from benchmark.engine.provision import Provisioner
 from benchmark.errors import ShiftbenchError
 from benchmark.provenance import describe_device, versions
 from benchmark.registry import ADAPTERS, SUITES
+from benchmark.report import leaderboard
 from benchmark.specs import AdapterSpec
 from benchmark.store import ResultStore, stable_hash
 from benchmark.suite import Suite

@@ -27,7 +27,7 @@ METRIC_TEXT = {
     "accuracy": "top-1 accuracy (%), higher is better",
     "miou": "mean intersection over union over classes (%), higher is better",
 }
-# decimals as in the CSV (benchmark.leaderboard rounds the same way)
+# decimals as in the CSV (benchmark.report.leaderboard rounds the same way)
 DECIMALS = {"score": 2, "std": 2, "ci95": 2, "adapt_s": 3, "img_per_s": 1, "peak_mb": 0}
 COST_HEADERS = {"adapt_s": "adapt s", "img_per_s": "img/s", "peak_mb": "peak MB"}
 MAX_INLINE_DETAIL = 8  # more per-target columns than this go to a second table

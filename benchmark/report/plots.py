@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from benchmark.compare import read_cells
+from benchmark.report.compare import read_cells
 from benchmark.store import atomic_write_bytes
 
 SEVERITY_NAME = re.compile(r"^(?P<corruption>.+)-(?P<severity>\d+)$")

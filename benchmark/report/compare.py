@@ -36,7 +36,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import ShiftbenchError
-from benchmark.signed_csv import DIGEST_COLUMN, verify
+from benchmark.report.signed_csv import DIGEST_COLUMN, verify
 from benchmark.store import atomic_write_text
 
 Unit = Literal["cell", "seed"]

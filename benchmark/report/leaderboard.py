@@ -44,9 +44,9 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark import markdown
 from benchmark.metrics import mean_std_ci95
-from benchmark.signed_csv import to_signed_csv
+from benchmark.report import markdown
+from benchmark.report.signed_csv import to_signed_csv
 from benchmark.store import ResultStore, atomic_write_text
 from benchmark.suite import Suite
 
@@ -286,7 +286,7 @@ def write(
     suite_signature: str | None = None, targets: list[str] | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """Rebuild and atomically write ``<suite>.csv``, ``<suite>-cells.csv`` and ``<suite>.md``
-    (the same board as markdown, with published reference rows; see benchmark.markdown)."""
+    (the same board as markdown, with published reference rows; see benchmark.report.markdown)."""
     board, long = build(suite, store, current_keys, suite_signature, targets)
     out_dir = Path(out_dir)
     paths = [out_dir / f"{suite.name}.csv", out_dir / f"{suite.name}-cells.csv"]

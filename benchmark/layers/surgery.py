@@ -12,12 +12,12 @@ Positions (the vocabulary of IBN-Net and RobustNet), for every ResNet-shaped mod
 
 A ResNet body is the model itself when it has ``layer1``.. (``SmallResNet``, torchvision's
 ``ResNet``), else ``model.backbone`` (``small_segnet``, ``deeplabv3_resnet50``; see
-``benchmark.models.SURGERY_POINTS``); stage k is ``layerk``. Post-activation blocks are
-torchvision's ``BasicBlock``/``Bottleneck`` or ``benchmark.models.BasicBlock``: they share
+``benchmark.layers.models.SURGERY_POINTS``); stage k is ``layerk``. Post-activation blocks are
+torchvision's ``BasicBlock``/``Bottleneck`` or ``benchmark.layers.models.BasicBlock``: they share
 the attribute names ``conv1, bn1, conv2, bn2, (conv3, bn3), relu, downsample``, which is
 what the post-addition forward relies on.
 
-WideResNet (``benchmark.models.WideResNet``, pre-activation, stage k is ``blockk.layer``)
+WideResNet (``benchmark.layers.models.WideResNet``, pre-activation, stage k is ``blockk.layer``)
 maps onto the same positions by what each BN normalizes: its stem conv has no BN of its
 own, the BN applied to the stem conv's output is ``block1.layer.0.bn1``; "the norm after a
 block's first conv" is ``bn2`` (``bn1`` normalizes the block's input, shared with the

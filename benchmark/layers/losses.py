@@ -1,0 +1,12 @@
+"""Losses shared by adapters."""
+
+from __future__ import annotations
+
+import torch
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of softmax(logits) over the class dimension (dim 1), per prediction;
+    for segmentation logits (N, C, H, W) that is one entropy per pixel."""
+    log_p = logits.log_softmax(1)
+    return -(log_p.exp() * log_p).sum(1)
