@@ -1,6 +1,7 @@
 """Camera-based BN -- Zhuang, Wei, Xie, Zhang, Zhang, Wu, Ai, Tian. "Rethinking the Distribution
 Gap of Person Re-identification with Camera-based Batch Normalization", ECCV 2020
-(arXiv:2001.08680); summarized in Huang's CVPR 2021 normalization tutorial (seed 002)."""
+(arXiv:2001.08680); summarized in Lei Huang's CVPR 2021 tutorial
+"Normalization Techniques in Deep Learning: Methods, Analyses and Applications"."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Cross-Domain Normalization (CDN) -- "Cross Domain Normalization: NLP In the Visual World",
-LogMeIn AI blog, parts 1-3, March-April 2019 (seed 000: part 3; work done with Michael
-Elhadad, Ben-Gurion University; the author's name is not in the seed)."""
+LogMeIn AI blog, parts 1-3, March-April 2019 (part 3; work done with Michael
+Elhadad, Ben-Gurion University; the post does not name its author)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from benchmark.registry import ADAPTERS
 class CDN(Adapter):
     """CDN: LayerNorm each modality's embedding, then scale it by a learned per-modality s.
 
-    Seed 000 (part 3): in a model that fuses two domains (there language and image; here RGB
+    Part 3 of the blog: in a model that fuses two domains (there language and image; here RGB
     and thermal), scaling the outputs of the two projection layers, x' = s_x x, y' = s_y y,
     is equivalent to scaling their parameters, and the ratio s_x / s_y sets how strongly each
     domain's updates move the other. CDN normalizes each embedding with LayerNorm (variance
     1, so the scales alone set the two variances, s_x**2 and s_y**2) and multiplies it by
-    its scale, initialized a priori and learned with the rest. The seed's values (s_image
+    its scale, initialized a priori and learned with the rest. The blog's values (s_image
     43.5, s_lang 6.25) are for projections of very different sizes (c = 4101 / 200); when
     both have the same size (c ~ 1, as in ``two_stream_resnet``) it notes equal variances may
     suffice, hence the defaults s_x = s_y = 1. LayerNorm has no affine of its own here.

@@ -1,5 +1,6 @@
 """Context Normalization -- Faye, Dilmi, Azzag, Lebbah, Bouchaffra. "Context Normalization Layer
-with Applications" (slides, LIPN, December 2023; seed 003; arXiv:2303.07651). The
+with Applications" (the authors' slides, LIPN, December 2023;
+arXiv:2303.07651). The
 domain-adaptation recipe pairs it with AdaMatch: Berthelot, Roelofs, Sohn, Carlini, Kurakin,
 "AdaMatch: A Unified Approach to Semi-Supervised Learning and Domain Adaptation", ICLR 2022
 (arXiv:2106.04732)."""
@@ -31,8 +32,9 @@ from benchmark.registry import ADAPTERS
 class ContextNormDA(Adapter):
     """Context Normalization for domain adaptation: the domain is the context (Faye et al.).
 
-    Seed 003, "CN in domain adaptation": source and target are two contexts; a CN layer early
-    in the network (``position="input"``: on the input channels, the seed's CN-Channels,
+    The authors' slides, "CN in domain adaptation": source and target are two contexts; a CN
+    layer early in the network (``position="input"``: on the input channels, the slides'
+    CN-Channels,
     which took AdaMatch from 20.46% to 43.80% on MNIST->SVHN; ``"stem"``: in place of the
     stem's BatchNorm) normalizes every image with its domain's learned mu_r, sigma_r.
     Source batches (context 0) train the whole network with labels. Target batches
@@ -44,14 +46,14 @@ class ContextNormDA(Adapter):
     ``target_weight`` with AdaMatch's warm-up 1/2 - cos(pi * min(1, step / warmup_steps)) / 2.
     ``objective="infomax"`` uses entropy minus the entropy of the mean prediction instead.
 
-    Departures from the seed's AdaMatch+CN, each measured on digits -> digits-m (1 seed):
+    Departures from the slides' AdaMatch+CN, each measured on digits -> digits-m (1 seed):
     one view per target image (the recipe's augmentation), not a weak and a strong one, and
     no random logit interpolation; the target forward pass uses BN's source running
     statistics without updating them (``target_bn="source"``; ``"batch"``: the target
     batch's own), so the target context's mu_r, sigma_r -- not BN -- must bring the target
     to the source's statistics; and by default the target loss trains only the CN layer
     (``target_updates="context_norm"``: every other weight enters that forward pass
-    detached). With ``target_updates="all"`` (the seed's end-to-end training) the single-view
+    detached). With ``target_updates="all"`` (the slides' end-to-end training) the single-view
     self-training collapsed onto one or two classes (10-25% on digits-m, below source
     only's 55-57%) with either objective; restricted to CN it reached 68.6%
     (pseudo-label) and 61.7% (infomax). It can still collapse: on seed 2 the target

@@ -1,6 +1,6 @@
 """Context Normalization with clusters as contexts -- Faye, Dilmi, Azzag, Lebbah, Bouchaffra.
-"Context Normalization Layer with Applications" (slides, LIPN, December 2023; seed 003;
-arXiv:2303.07651)."""
+"Context Normalization Layer with Applications" (the authors' slides, LIPN,
+December 2023; arXiv:2303.07651)."""
 
 from __future__ import annotations
 
@@ -84,14 +84,14 @@ class ClusterContextModel(nn.Module):
 class ContextNormGroup(Adapter):
     """Context Normalization with image clusters as contexts (Faye et al.), source-only.
 
-    Seed 003 builds contexts by grouping the data: CIFAR-100's 20 superclasses, or the
+    The authors build contexts by grouping the data: CIFAR-100's 20 superclasses, or the
     components of a 3-component GMM fitted by EM (where CN replaces the BN of the second conv
     block of a shallow CNN). Superclasses are labels, unavailable at test time, so here the
-    context is a cluster: k-means (``k`` = 3, as the seed's EM) on the images average-pooled
+    context is a cluster: k-means (``k`` = 3, as the slides' EM) on the images average-pooled
     to 4x4, fitted online on the first training batches and frozen; every image, in training
     and at test time, gets the id of its nearest centre. The first BatchNorm2d of the network
     becomes a ContextNorm layer (mu_r, sigma_r from small networks on the one-hot cluster id,
-    (x - mu_r) / sqrt(sigma_r**2 + eps), then affine). Mixture Normalization (the seed's EM
+    (x - mu_r) / sqrt(sigma_r**2 + eps), then affine). Mixture Normalization (the slides' EM
     baseline, soft assignments) is not implemented.
 
     Trains: the whole network, the CN mu/sigma networks and affine; the cluster centres

@@ -1,6 +1,7 @@
 """Modality BN -- Wenkang Li, Ke Qi, Wenbin Chen, Yicong Zhou. "Bridging the Distribution Gap
 of Visible-Infrared Person Re-identification with Modality Batch Normalization", 2021
-(arXiv:2103.04778); summarized in Huang's CVPR 2021 normalization tutorial (seed 002)."""
+(arXiv:2103.04778); summarized in Lei Huang's CVPR 2021 tutorial
+"Normalization Techniques in Deep Learning: Methods, Analyses and Applications"."""
 
 from __future__ import annotations
 

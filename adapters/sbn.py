@@ -1,6 +1,5 @@
 """Scaled Batch Normalization (SBN), the BatchNorm variant of Cross-Domain Normalization --
-"Cross Domain Normalization: NLP In the Visual World", LogMeIn AI blog, part 3, April 2019
-(seed 000)."""
+"Cross Domain Normalization: NLP In the Visual World", LogMeIn AI blog, part 3, April 2019."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ class SBN(Adapter):
     Identical to CDN (see adapters/cdn.py) except that each embedding is normalized with
     BatchNorm1d (no affine of its own; batch statistics in training, running statistics at
     test time) instead of LayerNorm: each modality's output has variance s**2 per feature
-    over the batch. The seed reports s_image = 1000, s_lang = 13.16 for SBN on its grounding
+    over the batch. The blog reports s_image = 1000, s_lang = 13.16 for SBN on its grounding
     model (projections of very different sizes); the two projections of
     ``two_stream_resnet`` have the same size, hence the defaults s_x = s_y = 1.
 

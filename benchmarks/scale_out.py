@@ -3,7 +3,7 @@
 Each launcher runs the same grid on a fresh results directory, in a subprocess, timed from
 start to exit: suite ``digits``, adapters source, adabn and tent, 4 seeds. The seeds' source
 models are independent, so the cells split into independent work. Then the finished 1-worker
-run is repeated (every cell reused). Goals (issue 11): workers 2 / 1 speed-up >= 1.7;
+run is repeated (every cell reused). Goals: workers 2 / 1 speed-up >= 1.7;
 re-run <= 5% of the first run. Ray runs only when it is installed (shiftbench[ray]).
 
     python benchmarks/scale_out.py [--seeds 4]

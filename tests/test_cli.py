@@ -32,7 +32,7 @@ def test_bad_seeds_are_rejected_with_a_message(capsys):
 
 @pytest.mark.slow
 def test_digits_acceptance_adabn_beats_source_and_tent_keeps_up(tmp_path):
-    """Issue 4: on digits-m (3 seeds) AdaBN beats source by >= 3 points and Tent is not
+    """On digits-m (3 seeds) AdaBN beats source by >= 3 points and Tent is not
     below AdaBN by more than 2; source accuracy on digits-m is far below source accuracy."""
     code = main(["run", "--suite", "digits", "--adapters", "source,adabn,ptbn,tent",
                  "--seeds", "3", "--results", str(tmp_path / "R"),

@@ -14,8 +14,8 @@ SOURCE_CONTEXT, TARGET_CONTEXT = 0, 1
 class ContextNorm(nn.Module):
     """Normalize each sample with a mean and standard deviation learned for its context.
 
-    Seed 003: the context id r is one-hot encoded and fed to a small network whose output
-    feeds two heads that produce mu_r and sigma_r (per channel); then
+    The authors' formulation: the context id r is one-hot encoded and fed to a small network
+    whose output feeds two heads that produce mu_r and sigma_r (per channel); then
     ``x_hat = (x - mu_r) / sqrt(sigma_r**2 + eps)`` and ``y = gamma * x_hat + beta``.
     sigma_r = exp(head output) keeps it positive. The heads start at zero (mu_r = 0,
     sigma_r = 1 for every context). ``context`` is an int (one context for the whole batch)
