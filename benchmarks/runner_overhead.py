@@ -3,12 +3,13 @@
 Both sides start from the same trained source model (digits, seed 0), build the model, load
 the weights, and then run Tent on the ``digits-m`` target: BN layers normalize with batch
 statistics, Adam (lr 1e-3) on BN's affine parameters, one entropy step per batch of 200, and
-count correct predictions. The runner side is ``Runner._evaluate`` (stream, adapter hooks,
-checks, metric with ECE and entropy); the bare side is the few lines a researcher would write.
-Repeats alternate between the two, and the script prints the median of each and their ratio.
-Goal (issues 8 and 11): runner / bare <= 1.10.
+count correct predictions. The runner side is ``Runner.evaluate`` (the one evaluation
+function: the adapter side in an adapter process -- or in this one with ``--in-process`` --,
+the stream, the hooks, checks, the metric with ECE and entropy); the bare side is the few
+lines a researcher would write. Repeats alternate between the two, and the script prints the
+median of each and their ratio. Goal: runner / bare <= 1.10.
 
-    python benchmarks/runner_overhead.py [--repeats 7] [--batch-size 200]
+    python benchmarks/runner_overhead.py [--repeats 7] [--batch-size 200] [--in-process]
 """
 
 from __future__ import annotations
@@ -59,19 +60,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the adapter side in this process (default: its own)")
     args = parser.parse_args()
     load_builtins()
     work = Path(tempfile.mkdtemp(prefix="shiftbench-overhead-"))
     runner = Runner(RunConfig(suite="digits", adapters=[AdapterSpec("tent")], seeds=[0],
                               batch_sizes=[args.batch_size], targets=["digits-m"],
-                              results=work / "R", leaderboards=work / "L", progress=False))
+                              results=work / "R", leaderboards=work / "L", progress=False,
+                              isolation="in-process" if args.in_process else "isolated"))
     job = next(j for j in runner.plan_jobs() if j.cells[0].domain == "digits-m")
-    state, _ = runner._source_state(job.spec.build(), 0, None)  # trained once, here
+    info = runner.infos[job.spec]
+    state, _ = runner.provisioner.state(job.spec, False, runner.checkpoint_identity(info, 0),
+                                        0, None)  # trained once, here
 
     through_runner, bare = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        result = runner._evaluate(job.spec.build(), state, job)[0]
+        result = runner.evaluate(info, state, job)[0][0]
         through_runner.append(time.perf_counter() - start)
         start = time.perf_counter()
         accuracy = bare_tent(runner.suite, state, args.batch_size)
@@ -85,7 +91,9 @@ def main() -> None:
     print(f"{'path':<16}{'seconds':>10}{'ms/batch':>10}")
     print(f"{'through runner':<16}{r:>10.3f}{1000 * r / batches:>10.1f}")
     print(f"{'bare loop':<16}{b:>10.3f}{1000 * b / batches:>10.1f}")
-    print(f"ratio runner / bare: {r / b:.3f}  (goal <= 1.10)")
+    print(f"ratio runner / bare: {r / b:.3f}  (goal <= 1.10; adapter side "
+          f"{runner.process.mode})")
+    runner.close()
 
 
 if __name__ == "__main__":

