@@ -26,8 +26,10 @@ version of the ``digits`` suite (:class:`CheckSuite`), then checks:
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import functools
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -163,12 +165,21 @@ def check_adapter(reference: str, seed: int = 0,
     # a da adapter has one model per target: not the protocols that stream across targets
     protocols = ["episodic", "noniid"] if cls.setting.startswith("da") \
         else ["episodic", "continual", "mixed", "noniid"]
-    with tempfile.TemporaryDirectory(prefix="shiftbench-check-") as tmp:
-        try:
-            _run_checks(AdapterSpec.parse(reference), seed, Path(tmp), protocols, report)
-        except _Stop:
-            pass
+    try:
+        _run_checks(AdapterSpec.parse(reference), seed, _store(), protocols, report)
+    except _Stop:
+        pass
     return report
+
+
+@functools.cache
+def _store() -> Path:
+    """Where check keeps its tiny source models: one temporary folder per process, so that
+    several checks in one process train the plain model once (checkpoints are keyed by what
+    trained them, including a training-time adapter's code, and verified before use)."""
+    folder = Path(tempfile.mkdtemp(prefix="shiftbench-check-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _resolve(reference: str) -> tuple[type, str, str]:

@@ -321,6 +321,8 @@ class Runner:
             "torch": torch.__version__,
             "architecture": info.architecture,
             "training": info.training_signature,
+            # an edited training-time adapter trains a new model (its cells re-run anyway)
+            **({"training_code": info.code_hash} if info.changes_training else {}),
             "seed": seed,
             **self._threads(),
         }

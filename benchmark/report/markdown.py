@@ -16,10 +16,11 @@ import pandas as pd
 
 from benchmark.engine.protocols import PROTOCOLS
 from benchmark.errors import ShiftbenchError
+from benchmark.provenance import PROJECT_ROOT
 from benchmark.store import file_sha256
 from benchmark.suite import Suite
 
-REPORTED_CSV = Path(__file__).resolve().parents[1] / "leaderboards" / "reported.csv"
+REPORTED_CSV = PROJECT_ROOT / "leaderboards" / "reported.csv"
 REPORTED_COLUMNS = ["suite", "method", "adapter", "setting", "protocol", "metric", "score",
                     "architecture", "source", "note"]
 
