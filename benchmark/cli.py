@@ -329,6 +329,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0 if result.written else 1
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, line: str | None = None) -> str:
+    """Warnings for people, not developers: one line, without the code that raised it."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -336,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", "--adapters", "test-time"]
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    warnings.formatwarning = _one_line_warning
     if args.command not in ("compare", "plot"):  # those only read CSV files
         load_builtins()
     try:

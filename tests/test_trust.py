@@ -97,3 +97,21 @@ def test_a_slow_adapter_times_out_as_a_failed_cell(tmp_path: Path) -> None:
     assert "cell-timeout" in failed["error"]
     text = Path(failed["traceback_file"]).read_text()
     assert text.startswith("# suite tiny-digits, adapter sleeper, protocol episodic")
+
+
+def test_one_name_from_two_sources_in_one_results_store_is_refused(tmp_path: Path,
+                                                                    capsys) -> None:
+    body = ("from benchmark.adapter import Adapter\n"
+            "class Foo(Adapter):\n    def setup(self, model):\n        model.eval()\n")
+    first, second = tmp_path / "a" / "foo.py", tmp_path / "b" / "foo.py"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_text(body)
+    base = ["run", "--suite", "tiny-digits", "--seeds", "1", "--quiet",
+            "--results", str(tmp_path / "R"), "--leaderboards", str(tmp_path / "L")]
+    assert main([*base, "--adapters", f"{first}:Foo"]) == 0
+    cells = len(list((tmp_path / "R" / "cells" / "tiny-digits").glob("*.json")))
+    assert main([*base, "--adapters", f"{second}:Foo"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds" in err and str(first) in err and str(second) in err
+    assert len(list((tmp_path / "R" / "cells" / "tiny-digits").glob("*.json"))) == cells

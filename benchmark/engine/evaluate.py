@@ -121,7 +121,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
+_LOADED: set[Imports] = set()
+
+
 def load_imports(imports: Imports) -> None:
+    """Register the run's adapter classes in this process (once per process: an adapter
+    process serves several jobs, and scanning entry points costs ~0.1 s)."""
+    if imports in _LOADED:
+        return
     import importlib
 
     from benchmark.plugins import load_file_adapter
@@ -132,6 +139,7 @@ def load_imports(imports: Imports) -> None:
         importlib.import_module(module)
     for reference in imports.files:
         load_file_adapter(reference)
+    _LOADED.add(imports)
 
 
 def prepared_model(adapter: Adapter, model: nn.Module, rng_state: torch.Tensor,

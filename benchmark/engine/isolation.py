@@ -24,6 +24,7 @@ A job that exceeds its time budget (``--cell-timeout``) is killed and fails its 
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import pickle
@@ -134,7 +135,11 @@ def _raised_by(exc: BaseException, host: Any) -> bool:
 # ---- a separate process -------------------------------------------------------------------------
 @dataclass
 class Sandbox:
-    """What the sandbox hides. Paths that do not exist yet are created empty first."""
+    """The bubblewrap command for the zygote: a read-only view of the file system with
+    ``hide`` (folders: an empty tmpfs; files: /dev/null) hidden, ``$HOME`` and ``/tmp``
+    empty except the Python code on ``sys.path`` and the ``expose`` files, and new
+    namespaces for everything (no network, its own PIDs). Paths that do not exist are
+    skipped; the runner creates the results and leaderboards folders first."""
 
     hide: list[Path] = field(default_factory=list)
     device: str = "cpu"
@@ -375,6 +380,7 @@ class LabelAccessError(RuntimeError):
     """Raised in an adapter process that tries to load suite data itself."""
 
 
+@functools.cache
 def guard_suite_data() -> None:
     """In an adapter process, loading suite data raises: an adapter gets target images only
     through its stream (an honest mistake is caught; a hostile adapter finds no labels in

@@ -37,7 +37,7 @@ from benchmark.engine.evaluate import (
     Scoring,
     evaluate_job,
 )
-from benchmark.engine.isolation import AdapterProcessError, make_process
+from benchmark.engine.isolation import AdapterProcessError, InProcess, make_process
 from benchmark.engine.protocols import PROTOCOLS, get_protocol
 from benchmark.engine.provision import Provisioner
 from benchmark.errors import ShiftbenchError
@@ -261,18 +261,29 @@ class Runner:
         for spec in dict.fromkeys(specs):
             seed_everything(0)
             task = DescribeTask(spec, self.imports, self.suite.build_model())
+            # the project's own adapters are described here (no wait for the adapter
+            # process to start); any other code only in an adapter process
+            where = InProcess() if _built_in(spec) else self.process
             try:
-                description, _ = self.process.run("describe", task)
+                description, _ = where.run("describe", task)
             except AdapterProcessError as exc:
                 raise ShiftbenchError(f"adapter {spec.display!r}: {exc}") from None
             infos[spec] = AdapterInfo.from_description(description)
-        by_label: dict[str, AdapterInfo] = {}
+        by_name: dict[str, AdapterInfo] = {}
         for info in infos.values():
-            other = by_label.setdefault(info.label, info)
+            other = by_name.setdefault(info.name, info)
             if other.origins != info.origins:
                 raise ShiftbenchError(
                     f"two adapters are named {info.name!r} in this run ({', '.join(other.origins)}"
                     f" and {', '.join(info.origins)}); rename one (class attribute `name`)")
+        stored = {c["adapter"]: c.get("origin") for c in self.store.cells(self.suite.name)}
+        for name, info in by_name.items():
+            origin = "+".join(info.origins)
+            if stored.get(name, origin) not in (origin, None):
+                raise ShiftbenchError(
+                    f"{self.config.results} already holds {self.suite.name} cells of an adapter "
+                    f"named {name!r} from {stored[name]}, and this one comes from {origin}; "
+                    "rename one (class attribute `name`) or use another --results folder")
         return infos
 
     def close(self) -> None:
@@ -455,6 +466,7 @@ class Runner:
             "hparams": info.hparams,
             "adapter_code": cell.identity["adapter_code"],
             "setting": info.setting,
+            "origin": "+".join(info.origins),
             "protocol": job.protocol,
             "protocol_params": cell.identity["protocol_params"],
             "batch_size": job.batch_size,
@@ -524,6 +536,18 @@ class Runner:
             if probe_reset:
                 side["replay_logits"] = scoring.replay_logits_in_order()
         return results, side
+
+
+def _built_in(spec: AdapterSpec) -> bool:
+    from benchmark.plugins import adapter_origin
+
+    part: AdapterSpec | None = spec
+    while part is not None:
+        if part.file or part.name not in ADAPTERS \
+                or adapter_origin(ADAPTERS.get(part.name)) != "built-in":
+            return False
+        part = part.then
+    return True
 
 
 def error_line(exc: BaseException) -> str:
