@@ -17,7 +17,8 @@ sides that meet only through a :class:`Link`:
 pipe to an adapter process (default) or a direct call (``--in-process``), with the same
 numbers either way. Training with an adapter's hooks (:func:`train_with_adapter`) and
 describing an adapter (:func:`describe_adapter`) run on the adapter side too, so the
-scoring process never executes adapter code.
+scoring process never executes a submitted adapter's code (the project's own built-in
+adapters are described in the scoring process; their hooks too run on the adapter side).
 """
 
 from __future__ import annotations

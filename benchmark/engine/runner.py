@@ -8,9 +8,10 @@ model adapts across all targets and the job yields a cell per target. Jobs are i
 so a launcher (benchmark.engine.launchers) may run them in worker processes or Ray tasks; they
 meet only in the result store, through atomic writes and file locks.
 
-The runner knows no adapter or suite by name, and never runs an adapter's code: it learns
-what it needs about each adapter configuration (name, setting, code hash, ...) from a
-description made in an adapter process, and evaluates every job through
+The runner knows no adapter or suite by name, and never runs a submitted adapter's code: it
+learns what it needs about each adapter configuration (name, setting, code hash, ...) from
+a description (made in an adapter process, except for the project's built-in adapters),
+and evaluates every job through
 :func:`benchmark.engine.evaluate.evaluate_job` (the same function ``check`` uses), which runs
 the hooks in an adapter process (:mod:`benchmark.engine.isolation`) while this process holds
 the labels and scores.
@@ -37,7 +38,12 @@ from benchmark.engine.evaluate import (
     Scoring,
     evaluate_job,
 )
-from benchmark.engine.isolation import AdapterProcessError, InProcess, make_process
+from benchmark.engine.isolation import (
+    AdapterProcessError,
+    InProcess,
+    make_process,
+    tune_allocator,
+)
 from benchmark.engine.protocols import PROTOCOLS, get_protocol
 from benchmark.engine.provision import Provisioner
 from benchmark.errors import ShiftbenchError
@@ -209,6 +215,7 @@ class Runner:
         if config.threads < 1:
             raise ShiftbenchError(f"--threads must be >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
+        tune_allocator()  # as in the adapter processes: every mode computes at one speed
         self.suite: Suite = suite if suite is not None else SUITES.get(config.suite)(
             root=config.data_root, download=config.download)
         self.store = ResultStore(config.results)

@@ -32,9 +32,10 @@ def _preload() -> None:
 
 
 def main(fd: int) -> None:
-    from benchmark.engine.isolation import child_main, die_with_parent
+    from benchmark.engine.isolation import child_main, die_with_parent, tune_allocator
 
     die_with_parent()
+    tune_allocator()
     control = socket.socket(fileno=fd)
     _preload()
     control.send(b"ready")
