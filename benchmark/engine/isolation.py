@@ -2,14 +2,15 @@
 
 Three modes, chosen per run:
 
-- ``isolated`` (default): every job's adapter side (:mod:`benchmark.engine.evaluate`) runs in
-  a fresh process forked from a *zygote*, a process started once per runner process that
-  imported torch and the project and has never loaded any data. The scoring process sends
-  the job (model, weights, stream plans) and serves images on request; the adapter process
-  sends logits back in a format that is decoded without unpickling
+- ``isolated`` (default): a job's adapter side (:mod:`benchmark.engine.evaluate`) runs in a
+  process forked from a *zygote*, a process started once per runner process that imported
+  torch and the project and has never loaded any data; each adapter configuration gets its
+  own forked process, which serves that configuration's jobs in turn. The scoring process
+  sends the job (model, weights, stream plans) and serves images on request; the adapter
+  process sends logits back in a format that is decoded without unpickling
   (:mod:`benchmark.engine.wire`). Walking ``gc`` objects, stack frames or module globals in
   the adapter process finds no label, and patching classes there changes nothing in the
-  scoring process or in other jobs (each job is a new fork).
+  scoring process or for other adapters.
 - ``sandbox`` (``--sandbox``): as isolated, and the zygote runs under bubblewrap in new
   namespaces: no network, its own PID namespace (no view of the scoring process), a
   read-only file system with ``--data-root``, the suite's own data files, the results and
@@ -198,7 +199,8 @@ def _code_paths() -> list[str]:
 
 
 class Isolated:
-    """Adapter processes forked from one zygote (optionally sandboxed); one per job."""
+    """Adapter processes forked from one zygote (optionally sandboxed): one per adapter
+    configuration, serving its jobs one after another."""
 
     def __init__(self, sandbox: Sandbox | None = None) -> None:
         self.sandbox = sandbox
@@ -208,8 +210,8 @@ class Isolated:
         self._ready = False
         self._counter = 0
         # A job's adapter process stays for the next job of the same adapter configuration
-        # (warm kernel caches and imports: a fresh process is ~0.6 s slower per digits job);
-        # never shared between configurations, and replaced after any error.
+        # (its imports and kernel caches stay warm); never shared between configurations,
+        # and replaced after any error or timeout.
         self._sessions: dict[Any, tuple[Connection, str]] = {}
         self._finalizer: weakref.finalize | None = None
 
