@@ -115,3 +115,25 @@ def test_one_name_from_two_sources_in_one_results_store_is_refused(tmp_path: Pat
     err = capsys.readouterr().err
     assert "already holds" in err and str(first) in err and str(second) in err
     assert len(list((tmp_path / "R" / "cells" / "tiny-digits").glob("*.json"))) == cells
+
+
+def test_editing_a_training_time_adapter_trains_a_new_model(tmp_path: Path) -> None:
+    """Its cells re-run (their key has the code hash) *and* its source model retrains: the
+    checkpoint's identity covers the code that trained it, not only name and settings."""
+    path = tmp_path / "trainer.py"
+    path.write_text("import torch\nfrom benchmark.adapter import Adapter\n"
+                    "class Trainer(Adapter):\n    changes_training = True\n"
+                    "    def extra_loss(self, model):\n        return None\n")
+
+    def checkpoints() -> set[str]:
+        runner = Runner(RunConfig(suite="tiny-digits", adapters=[AdapterSpec.parse(
+            f"{path}:Trainer")], seeds=[0], results=tmp_path / "R", progress=False))
+        runner.close()
+        return {c.identity["checkpoint"] for c in runner.plan()}
+
+    before = checkpoints()
+    assert checkpoints() == before
+    path.write_text(path.read_text().replace("return None", "return 0.0 * sum(p.sum() for p "
+                                             "in model.parameters())"))
+    after = checkpoints()
+    assert len(before) == len(after) == 1 and before != after

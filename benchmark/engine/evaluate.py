@@ -248,6 +248,8 @@ def describe_adapter(task: DescribeTask, link: Link | None = None) -> dict[str, 
         "tasks": sorted(adapter.tasks),
         "batch_key": adapter.batch_key,
         "code_hash": adapter.code_hash(),
+        # a composition trains with its first part only (ibn_a+tent shares ibn_a's model)
+        "training_code": parts[0].code_hash(),
         "training_signature": signature,
         "architecture": stable_hash(repr(adapter.prepare(task.model))),
         "origins": origins,

@@ -114,6 +114,7 @@ class AdapterInfo:
     tasks: frozenset[str]
     batch_key: str | None
     code_hash: str
+    training_code: str  # the code that decides its trained model (a composition: first part)
     training_signature: dict[str, Any] | None
     architecture: str
     origins: tuple[str, ...]
@@ -124,6 +125,7 @@ class AdapterInfo:
                    setting=str(d["setting"]), changes_training=bool(d["changes_training"]),
                    requires=frozenset(d["requires"]), tasks=frozenset(d["tasks"]),
                    batch_key=d["batch_key"], code_hash=str(d["code_hash"]),
+                   training_code=str(d["training_code"]),
                    training_signature=d["training_signature"],
                    architecture=str(d["architecture"]), origins=tuple(d["origins"]))
 
@@ -261,9 +263,10 @@ class Runner:
         self._target_digests: dict[str, str] = {}
 
     def _describe(self, specs: list[AdapterSpec]) -> dict[AdapterSpec, AdapterInfo]:
-        """Each adapter configuration described by an adapter process: bad hyper-parameters,
-        a file that does not load, or two sources of one name stop the run here, before
-        any cell, with the adapter's own message."""
+        """Each adapter configuration described (in an adapter process; the project's
+        built-ins here): bad hyper-parameters, a file that does not load, or two sources of
+        one name (in this run or in the results folder) stop the run here, before any cell,
+        with the adapter's own message."""
         infos: dict[AdapterSpec, AdapterInfo] = {}
         for spec in dict.fromkeys(specs):
             seed_everything(0)
@@ -340,7 +343,7 @@ class Runner:
             "architecture": info.architecture,
             "training": info.training_signature,
             # an edited training-time adapter trains a new model (its cells re-run anyway)
-            **({"training_code": info.code_hash} if info.changes_training else {}),
+            **({"training_code": info.training_code} if info.changes_training else {}),
             "seed": seed,
             **self._threads(),
         }
