@@ -349,12 +349,11 @@ def _shutdown(control: socket.socket, zygote: subprocess.Popen,
     for conn, _ in sessions.values():
         conn.close()  # the adapter process sees EOF and exits
     sessions.clear()
-    control.close()  # the zygote sees EOF and exits
-    try:
-        zygote.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        zygote.kill()
-        zygote.wait()
+    control.close()
+    # The zygote holds nothing to save (and may still be importing torch, on a run whose
+    # cells were all stored already): stop it now; its adapter processes die with it.
+    zygote.kill()
+    zygote.wait()
 
 
 # ---- inside the adapter process -----------------------------------------------------------

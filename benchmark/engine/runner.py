@@ -222,16 +222,17 @@ class Runner:
             root=config.data_root, download=config.download)
         self.store = ResultStore(config.results)
         self.targets = self._select_targets(config.targets)
-        hidden = [config.results, config.leaderboards, *self.suite.data_paths()]
+        hidden = [config.results, config.leaderboards]
+        if config.isolation == "sandbox":  # (finding package data imports scikit-learn)
+            hidden += self.suite.data_paths()
         if config.data_root is not None:
             hidden.append(config.data_root)
         self.imports = run_imports(self.suite, config.adapters)
         files = [Path(f.rsplit(":", 1)[0]) for f in self.imports.files]
         self.process = make_process(config.isolation, hidden, config.device, expose=files)
-        if hasattr(self.process, "start"):
+        if config.isolation == "sandbox":
             for path in (config.results, config.leaderboards):
                 Path(path).mkdir(parents=True, exist_ok=True)  # mount points of the sandbox
-            self.process.start()  # imports torch while this process plans
         try:
             self.infos = self._describe(config.adapters)
             for spec in config.adapters:
@@ -415,6 +416,8 @@ class Runner:
                 summary.skipped += len(job.cells)
             else:
                 pending.append(job)
+        if pending and hasattr(self.process, "start"):
+            self.process.start()  # it imports torch while this process trains or loads
         bar = tqdm(total=total, initial=summary.skipped, desc=f"{self.suite.name} cells",
                    unit="cell", disable=not self.config.progress, position=0)
 

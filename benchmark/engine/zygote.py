@@ -38,7 +38,10 @@ def main(fd: int) -> None:
     tune_allocator()
     control = socket.socket(fileno=fd)
     _preload()
-    control.send(b"ready")
+    try:
+        control.send(b"ready")
+    except OSError:  # the runner finished (or died) while this process was starting
+        os._exit(0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
     children: dict[str, int] = {}
     while True:
