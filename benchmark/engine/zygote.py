@@ -21,7 +21,7 @@ def _preload() -> None:
     # Import what every job needs, so forks share it. No torch operation runs here: forking
     # after OpenMP/BLAS thread pools have started can deadlock the child.
     import torch  # noqa: F401
-    import torch._dynamo  # noqa: F401  (an optimizer's first step imports it: ~1 s a job)
+    import torch._dynamo  # noqa: F401  (an optimizer's first step imports it: ~1 s)
     import torch.optim  # noqa: F401
 
     import benchmark.engine.evaluate  # noqa: F401
