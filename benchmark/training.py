@@ -19,15 +19,21 @@ from benchmark.suite import DomainData, Recipe
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), Python's ``random`` and NumPy's global generator."""
+    seed_python_and_numpy(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def seed_python_and_numpy(seed: int) -> None:
+    """Python's ``random`` and NumPy's global generator: an adapter drawing from them is as
+    reproducible as one drawing from torch's."""
     import random
 
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def _augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:

@@ -147,12 +147,9 @@ def prepared_model(adapter: Adapter, model: nn.Module, rng_state: torch.Tensor,
                    seed: int) -> nn.Module:
     """``adapter.prepare`` on the suite's model, continuing torch's RNG from where the
     scoring side built it, so both sides of the link give the same initialisation."""
-    import random
+    from benchmark.training import seed_python_and_numpy
 
-    import numpy as np
-
-    random.seed(seed)  # an adapter drawing from Python's or NumPy's global generator is
-    np.random.seed(seed % 2**32)  # as reproducible as one drawing from torch's
+    seed_python_and_numpy(seed)
     torch.set_rng_state(rng_state)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
