@@ -7,16 +7,23 @@ from adapters import (
     cdn,  # noqa: F401
     context_norm,  # noqa: F401
     context_norm_group,  # noqa: F401
+    deyo,  # noqa: F401
     dsbn,  # noqa: F401
+    eata,  # noqa: F401
+    eta,  # noqa: F401
     ibn_a,  # noqa: F401
     ibn_b,  # noqa: F401
     irw,  # noqa: F401
     isw,  # noqa: F401
     iw,  # noqa: F401
+    lame,  # noqa: F401
     modality_bn,  # noqa: F401
     ptbn,  # noqa: F401
+    rdumb,  # noqa: F401
+    sar,  # noqa: F401
     sbn,  # noqa: F401
     source,  # noqa: F401
     switchable_norm,  # noqa: F401
+    t3a,  # noqa: F401
     tent,  # noqa: F401
 )

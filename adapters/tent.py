@@ -8,7 +8,7 @@ from torch import nn
 
 from benchmark.adapter import Adapter
 from benchmark.layers.losses import softmax_entropy
-from benchmark.layers.norm import normalize_with_batch_statistics, require_batchnorm
+from benchmark.layers.tta import adapt_batchnorm_affine, make_optimizer
 from benchmark.registry import ADAPTERS
 
 
@@ -39,27 +39,7 @@ class Tent(Adapter):
     def setup(self, model: nn.Module) -> None:
         if int(self.hparams["steps"]) < 1:
             raise ValueError("Tent needs steps >= 1")
-        layers = require_batchnorm(model, "Tent")
-        normalize_with_batch_statistics(model)
-        model.requires_grad_(False)
-        params = []
-        for bn in layers:
-            if bn.affine:
-                bn.requires_grad_(True)
-                params += [bn.weight, bn.bias]
-        if not params:
-            raise ValueError("Tent needs BN layers with affine parameters (affine=True)")
-        self.optimizer = self._make_optimizer(params)
-
-    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp["optimizer"] == "adam":
-            return torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], 0.999),
-                                    weight_decay=hp["weight_decay"])
-        if hp["optimizer"] == "sgd":
-            return torch.optim.SGD(params, lr=hp["lr"], momentum=hp["momentum"],
-                                   weight_decay=hp["weight_decay"])
-        raise ValueError(f"Tent optimizer must be 'adam' or 'sgd', got {hp['optimizer']!r}")
+        self.optimizer = make_optimizer(adapt_batchnorm_affine(model, "Tent"), self.hparams)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         model = self._require_model()

@@ -18,14 +18,27 @@ Batches are shuffled across the whole source set, unless ``batch_key`` names a s
 field (``"camera"``, ``"domain"``): then every batch holds a single value of it (DSBN,
 camera BN). In the ``da`` setting each target domain gets its own trained model.
 
+Before ``prepare`` (in training, in describing an adapter and at test time) the runner tells
+every adapter what problem it is on: ``adapter.num_classes``, ``adapter.task``
+("classification" or "segmentation") and, in training only, ``adapter.total_steps`` (the
+number of optimizer steps the source model trains for; None at test time). Class-count
+dependent constants (EATA's and SAR's entropy margin 0.4 ln C) are computed from them.
+
 Test time (once per cell, on a fresh copy of the trained model)::
 
     adapter.attach(model)     # remember the model and its state; calls setup(model)
+    adapter.use_source(stream)   # setting "tta+src" only: unlabeled source images, once
     adapter.set_context(model, stream.context)   # {"role", "domain", constant side info}
     adapter.adapt(stream)     # optional pass over the *unlabeled* target images (AdaBN)
     for x in stream:
         logits = adapter.predict(x)   # online methods (Tent) update inside predict
     adapter.reset()           # back to the state right after attach (protocols use it)
+
+An adapter whose setting is ``tta+src`` uses unlabeled *source* images at test time (EATA's
+Fisher regularizer): it must have an integer hyper-parameter ``source_images``, and once per
+job, right after ``attach``, ``use_source`` gets a :class:`TargetStream` of that many images
+of the source domain's training split, a fixed subset drawn with the job's seed. Images
+only, never labels; its rows are ranked apart from source-free rows.
 
 A subclass overrides only the hooks it needs. Target data reaches an adapter only
 through a :class:`TargetStream` (or ``target_loss`` / ``finish_training`` in training),
@@ -46,17 +59,24 @@ from benchmark.provenance import source_hash
 
 TRAINING_HOOKS = ("prepare", "extra_loss", "set_context", "target_loss", "finish_training",
                   "training_signature")
-TEST_HOOKS = ("attach", "setup", "set_context", "adapt", "predict", "reset")
+TEST_HOOKS = ("attach", "setup", "use_source", "set_context", "adapt", "predict", "reset")
 HOOKS = tuple(dict.fromkeys((*TRAINING_HOOKS, *TEST_HOOKS)))
 """Every method of the protocol the runner calls (the lifecycle above)."""
 BEHAVIOUR_HOOKS = ("prepare", "extra_loss", "set_context", "target_loss", "finish_training",
-                   "setup", "adapt", "predict")
+                   "setup", "use_source", "adapt", "predict")
 """The hooks that change what a method computes (the rest is bookkeeping): an adapter that
 overrides none of them scores exactly like ``source``."""
 
-Setting = Literal["tta", "dg", "da"]
-"""tta: source model adapted at test time; dg: trained on labelled source only;
-da: unlabeled target data also seen during training."""
+Setting = Literal["tta", "tta+src", "dg", "da"]
+"""tta: source model adapted at test time; tta+src: the same, also using unlabeled source
+images at test time; dg: trained on labelled source only; da: unlabeled target data also
+seen during training. A composition joins its parts' settings (``dg+tta``)."""
+SETTINGS = ("tta", "tta+src", "dg", "da")
+
+
+def uses_source_images(setting: str) -> bool:
+    """Whether rows of this setting used unlabeled source images at test time."""
+    return "src" in setting.split("+")
 
 
 class Indexable(Protocol):
@@ -188,6 +208,26 @@ class Adapter:
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
         self.model: nn.Module | None = None
         self._attached_state: dict[str, torch.Tensor] | None = None
+        # the problem, told by the runner before prepare() (see the module docstring)
+        self.num_classes: int | None = None
+        self.task: str | None = None
+        self.total_steps: int | None = None
+
+    def bind(self, task: str, num_classes: int, total_steps: int | None = None) -> None:
+        """Called by the runner before ``prepare``: the suite's task and class count, and in
+        training the number of optimizer steps. Not a hook to override."""
+        self.task, self.num_classes, self.total_steps = task, int(num_classes), total_steps
+
+    def source_image_count(self) -> int:
+        """How many unlabeled source images ``use_source`` gets (0: none; setting tta+src
+        only, from the ``source_images`` hyper-parameter)."""
+        if not uses_source_images(self.setting):
+            return 0
+        count = self.hparams.get("source_images")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise TypeError(f"{type(self).__name__} has setting {self.setting!r}, so it needs "
+                            f"an integer hyper-parameter source_images >= 1, got {count!r}")
+        return count
 
     # ---- training time -------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -216,8 +256,13 @@ class Adapter:
         Norm's batch average, DSBN's target branch). ``data`` gives the training images
         again, never labels. Default: nothing."""
 
+    code_files: ClassVar[tuple[str, ...]] = ()
+    """Further files (paths relative to the adapter's own file) whose content decides its
+    results, beyond the modules of its own folder it imports (those are found for it)."""
+
     def code_hash(self) -> str:
-        """Hash of the code that decides this adapter's results (its defining file)."""
+        """Hash of the code that decides this adapter's results: its defining file, the
+        modules it imports from its own folder (transitively) and its ``code_files``."""
         return source_hash(type(self))
 
     def training_signature(self) -> dict[str, Any] | None:
@@ -236,6 +281,12 @@ class Adapter:
     def setup(self, model: nn.Module) -> None:
         """Configure the model and any per-target state (optimizers). Default: eval mode."""
         model.eval()
+
+    def use_source(self, stream: TargetStream) -> None:
+        """Setting ``tta+src`` only: once per job right after ``attach``, a stream of
+        ``source_images`` unlabeled images of the source training split (a seeded subset;
+        context role "source"). State computed here (EATA's Fisher information) describes
+        the source model, so ``reset`` keeps it."""
 
     def adapt(self, stream: TargetStream) -> None:
         """Optional pass over the unlabeled target data before any prediction."""

@@ -326,6 +326,17 @@ def _run_checks(spec: AdapterSpec, seed: int, results: Path, protocols: list[str
 
     report.ok("labels: ran in an adapter process that holds no labels, and never tried to "
               "load suite data")
+    if cells.info.source_images:
+        served = side_b.get("source_images_served", 0)
+        expected = min(cells.info.source_images, CheckSuite.n_train)
+        if served >= expected:
+            report.ok(f"source: use_source() read {expected} unlabeled source images (images "
+                      f"only); its rows carry setting {cells.info.setting!r}, ranked apart from "
+                      "source-free methods")
+        else:
+            report.fail(f"source: setting {cells.info.setting!r} promises source images, but "
+                        f"use_source() read {served} of the {expected} offered; read the stream "
+                        "or declare setting 'tta'")
 
     bad = [(d, s.get(key, [])) for d, s in ((TARGET_B, side_b), (TARGET_A, side_a),
                                             ("after reset", side_reset))

@@ -247,7 +247,7 @@ def cmd_list(args: argparse.Namespace | None = None) -> int:
         print(f"  {name:<14} {cls.task:<15} {cls.summary()}")
     print("\nAdapters:")
     for name, cls in ADAPTERS.items():
-        print(f"  {name:<14} {cls.setting:<4} {cls.summary()}  [{adapter_origin(cls)}]")
+        print(f"  {name:<14} {cls.setting:<7} {cls.summary()}  [{adapter_origin(cls)}]")
     return 0
 
 

@@ -43,6 +43,14 @@ class Composite(Adapter):
             else test_part.setting
         )
 
+    def bind(self, task: str, num_classes: int, total_steps: int | None = None) -> None:
+        super().bind(task, num_classes, total_steps)
+        self.train_part.bind(task, num_classes, total_steps)
+        self.test_part.bind(task, num_classes, total_steps)
+
+    def source_image_count(self) -> int:
+        return self.test_part.source_image_count()
+
     # ---- training: the first part ----------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
         return self.train_part.prepare(model)
@@ -68,6 +76,9 @@ class Composite(Adapter):
         self.model = model
         self.train_part.model = model
         self.test_part.attach(model)
+
+    def use_source(self, stream: TargetStream) -> None:
+        self.test_part.use_source(stream)
 
     def adapt(self, stream: TargetStream) -> None:
         self.test_part.adapt(stream)

@@ -33,13 +33,12 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
-from benchmark.adapter import HOOKS, Adapter
+from benchmark.adapter import HOOKS, SETTINGS, Adapter, uses_source_images
 from benchmark.errors import ShiftbenchError
 from benchmark.registry import ADAPTERS
 
 ENTRY_POINT_GROUP = "shiftbench.adapters"
 
-SETTINGS = ("tta", "dg", "da")
 NAME_PATTERN = re.compile(r"^[A-Za-z_][\w.\-]*$")  # what AdapterSpec.parse accepts
 FILE_REFERENCE = re.compile(r"^(?P<path>.+\.py):(?P<cls>[^:()]*)$")
 
@@ -221,6 +220,11 @@ def protocol_problems(cls: type) -> list[str]:
     if cls.setting not in SETTINGS:
         problems.append(f"{cls.__name__}.setting must be one of {', '.join(SETTINGS)}, "
                         f"got {cls.setting!r}")
+    elif uses_source_images(cls.setting) and not _positive_int(
+            cls.defaults.get("source_images") if isinstance(cls.defaults, Mapping) else None):
+        problems.append(f"{cls.__name__}.setting is {cls.setting!r}: give it an integer "
+                        "hyper-parameter source_images >= 1 (how many unlabeled source images "
+                        "use_source gets), e.g. defaults = {..., 'source_images': 2000}")
     for attr in ("tasks", "requires"):
         if not isinstance(getattr(cls, attr), (set, frozenset)):
             problems.append(f"{cls.__name__}.{attr} must be a frozenset of strings, "
@@ -230,6 +234,10 @@ def protocol_problems(cls: type) -> list[str]:
         problems.append(f"{cls.__name__}.name {own_name!r} is not a valid adapter name; use "
                         "letters, digits, '_', '-' and '.', starting with a letter")
     return problems
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _hook_problem(cls: type, hook: str) -> str | None:

@@ -64,18 +64,81 @@ def _file_sha256(path: str) -> str:
 
 
 def source_hash(cls: type) -> str:
-    """sha256 of the file that defines ``cls``: editing an adapter invalidates its results.
+    """sha256 of the code that defines ``cls``: editing an adapter invalidates its results.
 
-    A class loaded from a user's file (benchmark.plugins) carries the hash of the exact bytes
-    that were imported, so an edit is seen even within one process (the cache is by path).
+    That is its own file, plus the modules it imports from its own folder (transitively)
+    and the files it declares in ``code_files`` (paths relative to its file). With none of
+    those, the hash is the file's own sha256. A class loaded from a user's file
+    (benchmark.plugins) carries the hash of the exact bytes that were imported, so an edit
+    is seen even within one process (the cache is by path).
     """
     recorded = cls.__dict__.get("_shiftbench_source_sha256")
-    if isinstance(recorded, str):
-        return recorded
     try:
-        return _file_sha256(inspect.getsourcefile(cls) or "")
+        main = Path(inspect.getsourcefile(cls) or "")
+        own = recorded if isinstance(recorded, str) else _file_sha256(str(main))
     except (OSError, TypeError):
-        return "unknown"
+        return recorded if isinstance(recorded, str) else "unknown"
+    helpers = helper_files(main, getattr(cls, "code_files", ()))
+    if not helpers:
+        return own
+    h = hashlib.sha256(own.encode())
+    for path in helpers:
+        data = path.read_bytes() if path.is_file() else b"<missing>"
+        h.update(f"\n{path.relative_to(main.parent)}:".encode())
+        h.update(hashlib.sha256(data).hexdigest().encode())
+    return h.hexdigest()
+
+
+def helper_files(main: Path, declared: tuple[str, ...] = ()) -> list[Path]:
+    """The files besides ``main`` that decide its behaviour: modules of its own folder that it
+    imports (directly or through each other), and ``declared`` paths relative to it."""
+    folder = main.parent.resolve()
+    found: dict[Path, None] = {}
+    queue = [main.resolve()]
+    while queue:
+        for path in _local_imports(queue.pop(), folder):
+            if path != main.resolve() and path not in found:
+                found[path] = None
+                queue.append(path)
+    for name in declared:
+        found.setdefault((folder / name).resolve(), None)
+    return sorted(found)
+
+
+def _local_imports(path: Path, folder: Path) -> list[Path]:
+    """Files in ``folder`` (or its sub-packages) that ``path`` imports."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_bytes(), str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    package = folder.name if (folder / "__init__.py").is_file() else None
+    names: list[list[str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (node.module or "").split(".") if node.module else []
+            if node.level > 1:
+                continue  # above its folder
+            names += [[*base, alias.name] for alias in node.names]
+            if base:
+                names.append(base)
+    out = []
+    for parts in names:
+        if package and len(parts) > 1 and parts[0] == package:
+            parts = parts[1:]  # ``from adapters.helper import x`` inside adapters/
+        for depth in range(len(parts), 0, -1):
+            stem = folder.joinpath(*parts[:depth])
+            for candidate in (stem.with_suffix(".py"), stem / "__init__.py"):
+                if candidate.is_file():
+                    out.append(candidate.resolve())
+                    break
+            else:
+                continue
+            break
+    return out
 
 
 def describe_device(device: torch.device) -> dict[str, Any]:

@@ -83,6 +83,15 @@ def _batches(
     return [batches[i] for i in shuffle]
 
 
+def training_steps(data: DomainData, recipe: Recipe, batch_key: str | None, seed: int) -> int:
+    """How many optimizer steps :func:`train_source` takes (``Adapter.total_steps``)."""
+    if batch_key is not None and batch_key not in data.extra:
+        return 0  # train_source reports the missing field
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = len(_batches(data, recipe.batch_size, batch_key, generator))
+    return recipe.epochs * per_epoch
+
+
 class _UnlabeledBatches:
     """Endless shuffled batches of unlabeled target images (``da`` training)."""
 

@@ -72,6 +72,9 @@ class AdapterTask:
     threads: int
     seed: int
     streams: list[StreamPlan]
+    suite_task: str = "classification"  # told to the adapter (Adapter.bind)
+    num_classes: int = 0
+    source: StreamPlan | None = None  # setting tta+src: the unlabeled source images (stream -1)
     probe_reset: bool = False  # ``check``: reset() after the streams, then replay the first
 
 
@@ -83,6 +86,10 @@ class Link(Protocol):
     def logits(self, stream: int, batch: int, logits: torch.Tensor) -> None: ...
 
     def stream_done(self, stream: int, elapsed: float, peak_mb: float) -> None: ...
+
+
+SOURCE_STREAM = -1
+"""The stream index of the unlabeled source images a ``tta+src`` adapter gets."""
 
 
 # ---- the adapter side ---------------------------------------------------------------------------
@@ -162,6 +169,7 @@ def run_adapter(task: AdapterTask, link: Link) -> dict[str, Any]:
     torch.set_num_threads(task.threads)
     device = torch.device(task.device)
     adapter = task.spec.build()
+    adapter.bind(task.suite_task, task.num_classes)
     model = prepared_model(adapter, task.model, task.rng_state, task.seed)
     model.load_state_dict(task.state)
     model.to(device)
@@ -169,6 +177,11 @@ def run_adapter(task: AdapterTask, link: Link) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     clock = Clock(device)
     clock(adapter.attach, model)
+    if task.source is not None:  # images only, served like any stream (position -1)
+        source = TargetStream(_RemoteImages(link, SOURCE_STREAM, task.source.length),
+                              task.source.batch_size, device=device,
+                              context=task.source.context)
+        clock(adapter.use_source, source)
     attached = _snapshot(model) if task.probe_reset else None
     for index, plan in enumerate(task.streams):
         _run_stream(adapter, model, index, plan, link, clock, device)
@@ -222,6 +235,8 @@ class DescribeTask:
     spec: Any  # AdapterSpec
     imports: Imports
     model: nn.Module  # the suite's model, to hash the prepared architecture
+    suite_task: str = "classification"
+    num_classes: int = 0
 
 
 def describe_adapter(task: DescribeTask, link: Link | None = None) -> dict[str, Any]:
@@ -232,6 +247,7 @@ def describe_adapter(task: DescribeTask, link: Link | None = None) -> dict[str, 
     from benchmark.store import stable_hash
 
     adapter = task.spec.build()
+    adapter.bind(task.suite_task, task.num_classes)
     parts = [getattr(adapter, "train_part", adapter), getattr(adapter, "test_part", None)]
     origins = [adapter_origin(type(part)) for part in parts if part is not None]
     signature = adapter.training_signature()
@@ -244,6 +260,7 @@ def describe_adapter(task: DescribeTask, link: Link | None = None) -> dict[str, 
         "requires": sorted(adapter.requires),
         "tasks": sorted(adapter.tasks),
         "batch_key": adapter.batch_key,
+        "source_images": adapter.source_image_count(),
         "code_hash": adapter.code_hash(),
         # a composition trains with its first part only (ibn_a+tent shares ibn_a's model)
         "training_code": parts[0].code_hash(),
@@ -268,15 +285,19 @@ class TrainTask:
     progress: bool
     description: str
     position: int = 0
+    suite_task: str = "classification"
+    num_classes: int = 0
 
 
 def train_with_adapter(task: TrainTask, link: Link | None = None
                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Train the source model with an adapter's training hooks; (info, state dict)."""
-    from benchmark.training import train_source
+    from benchmark.training import train_source, training_steps
 
     torch.set_num_threads(task.threads)
     adapter = task.spec.build() if task.spec is not None else Adapter()
+    adapter.bind(task.suite_task, task.num_classes,
+                 training_steps(task.source, task.recipe, adapter.batch_key, task.seed))
     model = prepared_model(adapter, task.model, task.rng_state, task.seed)
     info = train_source(model, task.source, task.recipe, task.seed, adapter,
                         torch.device(task.device), progress=task.progress,
@@ -326,6 +347,8 @@ class Scoring:
     replay_logits: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     kept: list[torch.Tensor | None] | None = None  # check: every cell's logits
+    source: _Stream | None = None  # tta+src: the unlabeled source images (stream -1)
+    source_served: int = 0  # how many source images the adapter side fetched
 
     @classmethod
     def for_job(cls, cells: list[CellPlan], protocol: StreamProtocol, params: dict[str, Any],
@@ -367,6 +390,15 @@ class Scoring:
         plan = StreamPlan({"role": "target", "domain": "mixed"}, len(domain), batch_size)
         self.streams.append(_Stream(images, torch.arange(len(domain)), plan, score, 0))
 
+    def serve_source(self, images: torch.Tensor, count: int, seed: int, batch_size: int,
+                     context: dict[str, Any]) -> None:
+        """Offer ``count`` images of the source training split, a subset fixed by ``seed``,
+        as stream -1 (``Adapter.use_source``). Images only: nothing is scored on it."""
+        count = min(count, len(images))
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        plan = StreamPlan(dict(context), count, batch_size)
+        self.source = _Stream(images, order[:count].sort().values, plan, _no_scores, -1)
+
     def _cell_scorer(self, i: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
         def score(logits: torch.Tensor, index: torch.Tensor) -> None:
             self.metrics[i].update(logits, self.cells[i].data.labels[index])
@@ -388,6 +420,8 @@ class Scoring:
         return [s.plan for s in self.streams]
 
     def _stream(self, index: int) -> _Stream:
+        if index == SOURCE_STREAM and self.source is not None:
+            return self.source
         # index == len(streams): check's replay of the first stream after reset()
         if index == len(self.streams) and self.streams:
             if self.replay is None:
@@ -418,10 +452,14 @@ class Scoring:
         if len(positions) and (positions.min() < 0 or positions.max() >= len(s.order)):
             raise ScoringError(f"stream {stream} has {len(s.order)} images; asked for "
                                f"positions {int(positions.min())}..{int(positions.max())}")
+        if s is self.source:
+            self.source_served += len(positions)
         return s.images[s.order[positions]]
 
     def logits(self, stream: int, batch: int, logits: torch.Tensor) -> None:
         s = self._stream(stream)
+        if s is self.source:
+            raise ScoringError("the source images are not scored")
         if batch != s.next_batch:
             raise ScoringError(f"stream {stream}: got batch {batch}, expected {s.next_batch}")
         start = batch * s.plan.batch_size
@@ -465,6 +503,10 @@ class Scoring:
         return out
 
 
+def _no_scores(logits: torch.Tensor, index: torch.Tensor) -> None:
+    raise ScoringError("the source images are not scored")
+
+
 def _parts(cell: CellPlan, order: torch.Tensor, batch_key: str | None
            ) -> list[tuple[torch.Tensor, dict[str, Any]]]:
     """A cell's stream as (order, context) parts. The context is what an adapter may know
@@ -506,6 +548,7 @@ def evaluate_job(task: AdapterTask, scoring: Scoring, process: Any,
     one), the scoring side here. Returns the cells' results and the adapter side's report
     (non-finite tensors; with ``probe_reset``, what reset() left changed)."""
     task.streams = scoring.plans
+    task.source = scoring.source.plan if scoring.source is not None else None
     report, _ = process.run("evaluate", task, scoring, timeout=timeout,
                             cells=len(scoring.cells))
     return scoring.results(), report

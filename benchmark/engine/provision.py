@@ -97,8 +97,8 @@ class Provisioner:
             spec=spec, imports=self.imports, model=model, rng_state=torch.get_rng_state(),
             source=self.suite.load(self.suite.source, "train"), target=unlabeled,
             recipe=self.suite.recipe, seed=seed, device=str(self.device), threads=self.threads,
-            progress=self.progress, position=position,
-            description=f"train {self.suite.source} seed={seed}"
+            progress=self.progress, position=position, suite_task=self.suite.task,
+            num_classes=self.suite.num_classes, description=f"train {self.suite.source} seed={seed}"
                         + (f" +{target}" if target else ""))
         if spec is None:  # the plain source model: no adapter code runs, so train here
             return train_with_adapter(task)

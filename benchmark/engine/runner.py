@@ -113,6 +113,7 @@ class AdapterInfo:
     requires: frozenset[str]
     tasks: frozenset[str]
     batch_key: str | None
+    source_images: int  # setting tta+src: unlabeled source images use_source gets
     code_hash: str
     training_code: str  # the code that decides its trained model (a composition: first part)
     training_signature: dict[str, Any] | None
@@ -124,7 +125,8 @@ class AdapterInfo:
         return cls(name=str(d["name"]), label=str(d["label"]), hparams=dict(d["hparams"]),
                    setting=str(d["setting"]), changes_training=bool(d["changes_training"]),
                    requires=frozenset(d["requires"]), tasks=frozenset(d["tasks"]),
-                   batch_key=d["batch_key"], code_hash=str(d["code_hash"]),
+                   batch_key=d["batch_key"], source_images=int(d["source_images"]),
+                   code_hash=str(d["code_hash"]),
                    training_code=str(d["training_code"]),
                    training_signature=d["training_signature"],
                    architecture=str(d["architecture"]), origins=tuple(d["origins"]))
@@ -271,7 +273,8 @@ class Runner:
         infos: dict[AdapterSpec, AdapterInfo] = {}
         for spec in dict.fromkeys(specs):
             seed_everything(0)
-            task = DescribeTask(spec, self.imports, self.suite.build_model())
+            task = DescribeTask(spec, self.imports, self.suite.build_model(),
+                                self.suite.task, self.suite.num_classes)
             # the project's own adapters are described here (no wait for the adapter
             # process to start); any other code only in an adapter process
             where = InProcess() if _built_in(spec) else self.process
@@ -536,13 +539,19 @@ class Runner:
                  for c in job.cells]
         scoring = Scoring.for_job(cells, protocol, job.params, job.batch_size,
                                   info.batch_key, self.suite.make_metric, keep_logits)
+        if info.source_images:
+            scoring.serve_source(self.suite.load(self.suite.source, "train").images,
+                                 info.source_images, job.seed, job.batch_size,
+                                 {"role": "source", "domain": self.suite.source})
         seed_everything(job.seed)
         model = self.suite.build_model()
         task = AdapterTask(spec=job.spec, imports=self.imports, model=model,
                            rng_state=torch.get_rng_state(), state=state,
                            device=str(self.device), threads=self.config.threads,
-                           seed=job.seed, streams=[], probe_reset=probe_reset)
+                           seed=job.seed, streams=[], suite_task=self.suite.task,
+                           num_classes=self.suite.num_classes, probe_reset=probe_reset)
         results, side = evaluate_job(task, scoring, self.process, self.config.cell_timeout)
+        side["source_images_served"] = scoring.source_served
         if keep_logits:
             for result, logits in zip(results, scoring.kept or [], strict=True):
                 result["logits"] = logits

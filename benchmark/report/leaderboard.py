@@ -44,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.adapter import uses_source_images
 from benchmark.metrics import mean_std_ci95
 from benchmark.report import markdown
 from benchmark.report.signed_csv import to_signed_csv
@@ -243,11 +244,17 @@ def board_frame(
     if board.empty:
         return board
     ranked = board.status.eq("ok") & board.seeds.gt(0)
+    # rows that used source images at test time (setting ...+src) are ranked among
+    # themselves, listed after the source-free ranking: never silently mixed into it
+    board["_src"] = board.setting.map(uses_source_images).astype(bool)
     board["rank"] = pd.NA
-    board.loc[ranked, "rank"] = board.loc[ranked, "score"].rank(ascending=False, method="min")
+    for uses in (False, True):
+        rows = ranked & board._src.eq(uses)
+        board.loc[rows, "rank"] = board.loc[rows, "score"].rank(ascending=False, method="min")
     board["_unranked"] = ~ranked
-    board = board.sort_values(["_unranked", "score", "adapter"], ascending=[True, False, True],
-                              kind="stable").drop(columns="_unranked")
+    board = board.sort_values(["_unranked", "_src", "score", "adapter"],
+                              ascending=[True, True, False, True],
+                              kind="stable").drop(columns=["_unranked", "_src"])
     board["rank"] = board["rank"].astype("Int64")
     detail = targets
     if grid is not None:  # per-target columns live in the cells file
