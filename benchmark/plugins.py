@@ -151,6 +151,11 @@ def _import_file(path: Path) -> tuple[ModuleType, str]:
     # Registered before running, as a normal import does (dataclasses, pickling and
     # inspect.getsource need sys.modules[cls.__module__]).
     sys.modules[module_name] = module
+    # Its folder is importable, as a script's is, so it may import sibling modules
+    # (appended: an installed package of the same name still wins). Those modules are
+    # part of its code identity (benchmark.provenance.source_hash).
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     try:
         # Run exactly the bytes that were hashed, so the hash is the code that ran.
         exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)

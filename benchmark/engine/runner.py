@@ -47,7 +47,7 @@ from benchmark.engine.isolation import (
 from benchmark.engine.protocols import PROTOCOLS, get_protocol
 from benchmark.engine.provision import Provisioner
 from benchmark.errors import ShiftbenchError
-from benchmark.provenance import describe_device, versions
+from benchmark.provenance import describe_device, helper_files, versions
 from benchmark.registry import ADAPTERS, SUITES
 from benchmark.report import leaderboard
 from benchmark.specs import AdapterSpec
@@ -231,6 +231,7 @@ class Runner:
             hidden.append(config.data_root)
         self.imports = run_imports(self.suite, config.adapters)
         files = [Path(f.rsplit(":", 1)[0]) for f in self.imports.files]
+        files += [h for f in files for h in helper_files(f)]  # what they import beside them
         self.process = make_process(config.isolation, hidden, config.device, expose=files)
         if config.isolation == "sandbox":
             for path in (config.results, config.leaderboards):
