@@ -7,8 +7,10 @@ from adapters import (
     cdn,  # noqa: F401
     context_norm,  # noqa: F401
     context_norm_group,  # noqa: F401
+    cotta,  # noqa: F401
     deyo,  # noqa: F401
     dsbn,  # noqa: F401
+    dua,  # noqa: F401
     eata,  # noqa: F401
     eta,  # noqa: F401
     ibn_a,  # noqa: F401
@@ -20,6 +22,7 @@ from adapters import (
     modality_bn,  # noqa: F401
     ptbn,  # noqa: F401
     rdumb,  # noqa: F401
+    roid,  # noqa: F401
     sar,  # noqa: F401
     sbn,  # noqa: F401
     source,  # noqa: F401

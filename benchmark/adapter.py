@@ -147,6 +147,19 @@ class TrainingImages(Protocol):
         ...
 
 
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None] | None) -> None:
+    if state is None:
+        return
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
 def hparam_type_problem(default: Any, value: Any) -> str | None:
     """Why ``value`` cannot replace ``default`` (None if it can): it must have the default's
     type; an int may stand for a float; a default of None accepts anything."""
@@ -276,6 +289,9 @@ class Adapter:
         """Take the trained model; remember its state so ``reset`` can return to it."""
         self.model = model
         self._attached_state = copy.deepcopy(model.state_dict())
+        # torch's random stream too: a reset stochastic method (CoTTA's augmentations)
+        # draws what a fresh one would
+        self._attached_rng = _rng_state()
         self.setup(model)
 
     def setup(self, model: nn.Module) -> None:
@@ -297,10 +313,12 @@ class Adapter:
             return self._require_model()(x)
 
     def reset(self) -> None:
-        """Return the model and the adapter's state to how they were right after attach."""
+        """Return the model and the adapter's state to how they were right after attach
+        (torch's random number generator included)."""
         model = self._require_model()
         assert self._attached_state is not None
         model.load_state_dict(self._attached_state)
+        _set_rng_state(getattr(self, "_attached_rng", None))
         self.setup(model)
 
     # ---- helpers -------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_eata_fisher_penalty_holds_important_parameters_at_their_source_values(
         start = [p.detach().clone() for p in adapter.params]
         for i in range(4):
             adapter.predict(target(suite, 64, 64 * i))
-        drift[alpha] = sum(float(((p - s) ** 2 * f).sum()) for p, s, f
+        drift[alpha] = sum(float(((p.detach() - s) ** 2 * f).sum()) for p, s, f
                            in zip(adapter.params, start, adapter.fisher, strict=True))
     assert drift[0.0] > 0
     assert drift[1e6] < 0.1 * drift[0.0]
@@ -339,3 +339,86 @@ def test_t3a_logits_come_from_entropy_filtered_prototypes(tiny_source_state):
     norms = np.linalg.norm(proto, axis=1, keepdims=True)
     expected = feats[2].numpy() @ (proto / np.where(norms > 0, norms, 1)).T
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+# ---- DUA ------------------------------------------------------------------------------------
+def test_dua_moves_running_statistics_by_the_decayed_momentum(tiny_source_state):
+    suite, model = fresh(tiny_source_state)
+    x = target(suite, 3)
+    bn = model.stem[1]
+    mean = bn.running_mean.clone().double()
+    adapter = build("dua", padding=0, flip=False, copies=4)  # views = the image itself
+    adapter.attach(model)
+    adapter.predict(x)
+    m = 0.1
+    for image in x:
+        m *= 0.94
+        rho = m + 0.005
+        with torch.no_grad():
+            feature = model.stem[0](image.unsqueeze(0)).double()
+        mean = (1 - rho) * mean + rho * feature.mean((0, 2, 3))
+    torch.testing.assert_close(bn.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+    assert not bn.training  # predictions use the running statistics
+
+
+# ---- CoTTA ----------------------------------------------------------------------------------
+def test_cotta_teacher_is_the_moving_average_and_restore_hits_its_rate(tiny_source_state):
+    suite, model = fresh(tiny_source_state)
+    source = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapter = build("cotta", restore=0.0, views=2)
+    adapter.attach(model)
+    adapter.predict(target(suite, 64))
+    for (name, student), teacher in zip(model.named_parameters(),
+                                        adapter.teacher.parameters(), strict=True):
+        torch.testing.assert_close(teacher, 0.999 * source[name] + 0.001 * student.detach())
+    assert any(not torch.equal(p, source[n]) for n, p in model.named_parameters())
+
+    _, model = fresh(tiny_source_state)
+    adapter = build("cotta", restore=0.3, views=2, lr=0.1)
+    adapter.attach(model)
+    adapter.predict(target(suite, 64))
+    restored = sum(int((p == source[n]).sum()) for n, p in model.named_parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert 0.25 < restored / total < 0.35
+
+
+def test_cotta_augments_only_when_the_anchor_is_unsure(tiny_source_state):
+    suite, model = fresh(tiny_source_state)
+    x = target(suite, 64)
+    outputs = {}
+    for ap in (0.0, 1.0):  # never / always below the threshold
+        _, model = fresh(tiny_source_state)
+        adapter = build("cotta", ap=ap, views=4)
+        adapter.attach(model)
+        outputs[ap] = adapter.predict(x)
+        with torch.no_grad():
+            plain = adapter.anchor(x)
+        assert torch.allclose(outputs[ap], plain) == (ap == 0.0)
+
+
+# ---- ROID -----------------------------------------------------------------------------------
+def test_roid_loss_and_prior_correction_follow_the_paper():
+    from adapters.roid import soft_likelihood_ratio
+
+    torch.manual_seed(0)
+    logits = torch.randn(16, 5) * 4
+    p = np.clip(torch.softmax(logits.double(), 1).numpy(), 0, 0.99)
+    np.testing.assert_allclose(soft_likelihood_ratio(logits).numpy(),
+                               -(p * np.log(p / (1 - p) + 1e-5)).sum(1), rtol=1e-4)
+
+    model = ShapeBlind(5)
+    adapter = build("roid", num_classes=5, lr=0.0, consistency=False)
+    adapter.attach(model)
+    x = torch.rand(16, 3, 8, 8)
+    with torch.no_grad():
+        from benchmark.layers.norm import normalize_with_batch_statistics
+
+        reference = ShapeBlind(5)
+        reference.load_state_dict(model.state_dict())
+        normalize_with_batch_statistics(reference)
+        raw = reference(x).double().numpy()
+    out = adapter.predict(x).double().numpy()
+    probs = np.exp(raw) / np.exp(raw).sum(1, keepdims=True)
+    prior = probs.mean(0)
+    s = max(1 / 16, 1 / 5) / prior.max()
+    np.testing.assert_allclose(out, raw * (prior + s) / (1 + s * 5), rtol=1e-5, atol=1e-6)
