@@ -75,6 +75,7 @@ class AdapterTask:
     suite_task: str = "classification"  # told to the adapter (Adapter.bind)
     num_classes: int = 0
     source: StreamPlan | None = None  # setting tta+src: the unlabeled source images (stream -1)
+    online: bool = False  # the online protocol: batches arrive while the adapter is busy
     probe_reset: bool = False  # ``check``: reset() after the streams, then replay the first
 
 
@@ -85,7 +86,8 @@ class Link(Protocol):
 
     def logits(self, stream: int, batch: int, logits: torch.Tensor) -> None: ...
 
-    def stream_done(self, stream: int, elapsed: float, peak_mb: float) -> None: ...
+    def stream_done(self, stream: int, elapsed: float, peak_mb: float,
+                    online: dict[str, float] | None = None) -> None: ...
 
 
 SOURCE_STREAM = -1
@@ -184,8 +186,8 @@ def run_adapter(task: AdapterTask, link: Link) -> dict[str, Any]:
         clock(adapter.use_source, source)
     attached = _snapshot(model) if task.probe_reset else None
     for index, plan in enumerate(task.streams):
-        _run_stream(adapter, model, index, plan, link, clock, device)
-        link.stream_done(index, clock.elapsed, peak_memory_mb(device))
+        online = _run_stream(adapter, model, index, plan, link, clock, device, task.online)
+        link.stream_done(index, clock.elapsed, peak_memory_mb(device), online)
     result: dict[str, Any] = {"non_finite": non_finite_tensors(model)}
     if task.probe_reset and task.streams:
         adapter.reset()
@@ -193,23 +195,77 @@ def run_adapter(task: AdapterTask, link: Link) -> dict[str, Any]:
         result["reset_changed"] = [k for k, v in model.state_dict().items()
                                    if not _same_tensor(v, attached[k])]
         replay = len(task.streams)  # the scoring side serves the first stream again
-        _run_stream(adapter, model, replay, task.streams[0], link, clock, device)
+        _run_stream(adapter, model, replay, task.streams[0], link, clock, device, task.online)
         link.stream_done(replay, clock.elapsed, peak_memory_mb(device))
         result["non_finite_after_reset"] = non_finite_tensors(model)
     return result
 
 
 def _run_stream(adapter: Adapter, model: nn.Module, index: int, plan: StreamPlan,
-                link: Link, clock: Clock, device: torch.device) -> None:
+                link: Link, clock: Clock, device: torch.device, online: bool = False
+                ) -> dict[str, float] | None:
     stream = TargetStream(_RemoteImages(link, index, plan.length), plan.batch_size,
                           device=device, context=plan.context)
     clock(adapter.set_context, model, stream.context)
     clock(adapter.adapt, stream)
+    meter = PassCounter(model) if online else None
+    busy, adapted, cost = 0, 0, 0.0  # batches still arriving while the adapter works
     for batch, x in enumerate(stream):
-        logits = clock(adapter.predict, x)
+        if busy > 0:  # predicted by the current model, not adapted on (online protocol)
+            busy -= 1
+            with torch.no_grad():
+                logits = clock(model, x)
+        elif meter is not None:
+            meter.reset()
+            logits = clock(adapter.predict, x)
+            spent = meter.cost(len(x))
+            adapted, cost = adapted + 1, cost + spent
+            busy = max(math.ceil(spent - 1e-9), 1) - 1
+        else:
+            logits = clock(adapter.predict, x)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"predict returned {type(logits).__name__}, not a tensor of logits")
         link.logits(index, batch, logits.detach().float().cpu())
+    if meter is None:
+        return None
+    meter.close()
+    return {"adapted": adapted, "batches": len(stream), "cost": cost}
+
+
+class PassCounter:
+    """Counts the work of an adapter's ``predict`` in forward-pass units: images through a
+    forward of the model -- or of any copy of it (a teacher, an anchor) -- plus twice the
+    images a backward pass goes through (the usual estimate of a backward's cost), divided
+    by the batch size."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from torch.nn.modules.module import register_module_forward_hook
+
+        self.kind = type(model)
+        self.forward_images = self.backward_images = 0
+        self.handles = [register_module_forward_hook(self._forward)]
+
+    def _forward(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if type(module) is not self.kind or not inputs or not isinstance(inputs[0],
+                                                                          torch.Tensor):
+            return
+        self.forward_images += len(inputs[0])
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            # fires when a backward pass reaches this forward's output
+            output.register_hook(self._backward)
+
+    def _backward(self, grad: torch.Tensor) -> None:
+        self.backward_images += len(grad)
+
+    def reset(self) -> None:
+        self.forward_images = self.backward_images = 0
+
+    def cost(self, batch: int) -> float:
+        return (self.forward_images + 2 * self.backward_images) / max(batch, 1)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -315,6 +371,7 @@ class CellPlan:
     role: str  # "source" or "target"
     data: DomainData  # images, labels and side information of the domain's test split
     position: int = -1  # place of the target in a continual stream (-1: none)
+    factors: dict[str, Any] = field(default_factory=dict)  # e.g. corruption and severity
 
 
 @dataclass
@@ -340,7 +397,10 @@ class Scoring:
     metrics: list[Metric]
     streams: list[_Stream] = field(default_factory=list)
     curves: list[list[float]] | None = None
-    ends: list[float] = field(default_factory=list)  # clock reading at each cell's end
+    times: list[float] = field(default_factory=list)  # adapter time spent on each cell
+    last_clock: float = 0.0  # the adapter clock at the end of the previous stream
+    finished: int = 0  # streams the adapter side finished
+    online: list[dict[str, float]] = field(default_factory=list)  # per stream: adapted, cost
     peak_mb: float = 0.0
     mixed_sizes: list[int] | None = None
     replay: _Stream | None = None  # check's replay of the first stream after reset()
@@ -355,28 +415,35 @@ class Scoring:
                 batch_size: int, batch_key: str | None,
                 make_metric: Callable[[], Metric], keep_logits: bool = False) -> Scoring:
         scoring = cls(cells, [make_metric() for _ in cells])
+        scoring.times = [0.0] * len(cells)
         if keep_logits:
             scoring.kept = [None] * len(cells)
         targets = cells[0].role == "target"
         if targets and protocol.records_curve:
             scoring.curves = [[] for _ in cells]
         if targets and protocol.mixes_targets:
-            scoring._mixed_stream(params, batch_size)
+            scoring._mixed_stream(protocol, params, batch_size)
             return scoring
-        for i, cell in enumerate(cells):
-            order = protocol.order(cell.data.labels, params) if targets \
-                else torch.arange(len(cell.data))
-            for part, context in _parts(cell, order, batch_key):
+        orders = [protocol.order(cell.data.labels, params) if targets
+                  else torch.arange(len(cell.data)) for cell in cells]
+        visits = protocol.visits(len(cells), [c.factors for c in cells], params) if targets \
+            else [(i, 0, 1) for i in range(len(cells))]
+        for i, part, parts in visits:
+            order = orders[i]
+            if parts > 1:  # a slice of the cell's images (a level visited twice)
+                order = order[part * len(order) // parts:(part + 1) * len(order) // parts]
+            for piece, context in _parts(cells[i], order, batch_key):
                 scoring.streams.append(_Stream(
-                    cell.data.images, part, StreamPlan(context, len(part), batch_size),
+                    cells[i].data.images, piece, StreamPlan(context, len(piece), batch_size),
                     scoring._cell_scorer(i), i))
         return scoring
 
-    def _mixed_stream(self, params: dict[str, Any], batch_size: int) -> None:
-        from benchmark.engine.protocols import ConcatImages, mixed_order
+    def _mixed_stream(self, protocol: StreamProtocol, params: dict[str, Any],
+                      batch_size: int) -> None:
+        from benchmark.engine.protocols import ConcatImages
 
         sizes = [len(c.data) for c in self.cells]
-        domain, local = mixed_order(sizes, params["shuffle_seed"])
+        domain, local = protocol.mixed_order([c.data.labels for c in self.cells], params)
         images = ConcatImages([c.data.images for c in self.cells], domain, local)
 
         def score(logits: torch.Tensor, index: torch.Tensor) -> None:
@@ -474,31 +541,40 @@ class Scoring:
         s.next_batch += 1
         s.score(logits, index)
 
-    def stream_done(self, stream: int, elapsed: float, peak_mb: float) -> None:
+    def stream_done(self, stream: int, elapsed: float, peak_mb: float,
+                    online: dict[str, float] | None = None) -> None:
         s = self._stream(stream)
         if s.next_batch * s.plan.batch_size < len(s.order):
             raise ScoringError(f"stream {stream} ended after {s.next_batch} batches")
         self.peak_mb = max(self.peak_mb, float(peak_mb))
-        if s.cell >= 0 and (stream + 1 == len(self.streams)
-                            or self.streams[stream + 1].cell != s.cell):
-            self.ends.append(float(elapsed))
+        if s.cell >= 0:
+            self.times[s.cell] += float(elapsed) - self.last_clock
+            self.finished += 1
+            if online is not None:
+                self.online.append({"cell": s.cell, **online})
+        self.last_clock = float(elapsed)
 
     # -- the results --
     def results(self) -> list[dict[str, Any]]:
-        if len(self.ends) != (1 if self.mixed_sizes else len(self.cells)):
+        if self.finished != len(self.streams):
             raise ScoringError("the adapter side finished without scoring every stream")
+        times = self.times
         if self.mixed_sizes is not None:  # the stream's time, shared by size
             total = sum(self.mixed_sizes)
-            times = [self.ends[0] * n / total for n in self.mixed_sizes]
-        else:
-            times = [end - start for start, end in zip([0.0, *self.ends[:-1]], self.ends,
-                                                       strict=True)]
+            times = [self.times[0] * n / total for n in self.mixed_sizes]
         out = []
         for i, (cell, metric) in enumerate(zip(self.cells, self.metrics, strict=True)):
             result = _result(metric, len(cell.data), times[i], self.peak_mb)
             if self.curves is not None:
                 result["curve"] = self.curves[i]
                 result["stream_position"] = cell.position
+            mine = [o for o in self.online if o["cell"] == i]
+            if mine:
+                batches = sum(o["batches"] for o in mine)
+                result["adapted_batches"] = int(sum(o["adapted"] for o in mine))
+                result["batches"] = int(batches)
+                result["cost_ratio"] = sum(o["cost"] for o in mine) / max(
+                    sum(o["adapted"] for o in mine), 1)
             out.append(result)
         return out
 

@@ -337,7 +337,10 @@ class Isolated:
             elif op == "logits":
                 host.logits(stream, int(header["batch"]), tensors["logits"])
             elif op == "stream_done":
-                host.stream_done(stream, float(header["elapsed"]), float(header["peak_mb"]))
+                online = header.get("online")
+                host.stream_done(stream, float(header["elapsed"]), float(header["peak_mb"]),
+                                 None if online is None else
+                                 {k: float(online[k]) for k in ("adapted", "batches", "cost")})
             else:
                 raise wire.WireError(f"unknown request {op!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -372,9 +375,10 @@ class PipeLink:
         wire.send(self.conn, {"op": "logits", "stream": stream, "batch": batch},
                   {"logits": logits})
 
-    def stream_done(self, stream: int, elapsed: float, peak_mb: float) -> None:
+    def stream_done(self, stream: int, elapsed: float, peak_mb: float,
+                    online: dict[str, float] | None = None) -> None:
         wire.send(self.conn, {"op": "stream_done", "stream": stream, "elapsed": elapsed,
-                              "peak_mb": peak_mb})
+                              "peak_mb": peak_mb, "online": online})
 
 
 class LabelAccessError(RuntimeError):

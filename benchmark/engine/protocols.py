@@ -10,6 +10,21 @@
 - ``noniid``: each target is its own episode (as in episodic), but the images arrive in a
   class-correlated order: a Dirichlet(alpha) mixture over classes per time slot, as in the
   non-i.i.d. TTA literature (RoTTA, NOTE). Small alpha = long runs of a few classes.
+- ``mixed-noniid``: the targets mixed into one stream (as ``mixed``) *and* in a
+  class-correlated order (as ``noniid``), RoTTA's "practical" setting.
+- ``gradual``: one model, never reset; per corruption its severities rise 1 -> 5 and fall
+  back 5 -> 1 (CoTTA's gradual setting). A severity visited twice streams half of its
+  images on the way up and the other half on the way down: every image is seen once.
+- ``recurring``: the continual sequence of targets repeated ``rounds`` times (10, as in
+  the long-horizon studies of RDumb and of recurring TTA), one model, never reset; each
+  cell scores all its visits and records its online curve, so collapse shows over time.
+- ``online``: episodic, but the stream does not wait: while an adapter works on a batch,
+  the next ones arrive. Its cost on a batch is counted, not timed: images through the
+  model forward, plus twice the images through a backward pass, per image of the batch
+  (a forward-only method costs 1, Tent 3). After adapting on a batch of cost c, the next
+  ceil(c) - 1 batches are predicted by the current model without adapting (the
+  computational-budget evaluation of Alfarra et al., ICML 2024, arXiv:2304.04795). Each
+  cell records how many batches the adapter adapted on and its mean cost.
 
 The runner orders the stream with the labels it holds; the adapter only ever sees images.
 The source domain's row is always evaluated as its own episode, in the natural order.
@@ -40,6 +55,7 @@ class Protocol:
     sequential: ClassVar[bool] = False  # one model across all targets (no ``da`` adapters)
     mixes_targets: ClassVar[bool] = False  # the targets' images interleave in one stream
     records_curve: ClassVar[bool] = False  # each cell stores its online score curve
+    online: ClassVar[bool] = False  # batches arrive while the adapter is busy (see above)
 
     def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
         """The protocol's parameters for a run, recorded in (and keying) every cell."""
@@ -55,6 +71,18 @@ class Protocol:
     def order(self, labels: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         """The order in which a target's images are streamed (dataset indices)."""
         return torch.arange(len(labels))
+
+    def visits(self, cells: int, factors: list[dict[str, Any]], params: dict[str, Any]
+               ) -> list[tuple[int, int, int]]:
+        """The stretches of an episode's stream, in order: (cell, part, parts) streams the
+        ``part``-th of ``parts`` equal slices of that cell's ordered images. ``factors``
+        are the cells' target factors (corruption, severity). Default: each cell once."""
+        return [(i, 0, 1) for i in range(cells)]
+
+    def mixed_order(self, labels: list[torch.Tensor], params: dict[str, Any]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``mixes_targets``: (domain id, local index) per position of the stream."""
+        return mixed_order([len(x) for x in labels], params["shuffle_seed"])
 
 
 class Episodic(Protocol):
@@ -92,8 +120,76 @@ class NonIID(Protocol):
         return dirichlet_order(labels, params["alpha"], params["slots"], params["shuffle_seed"])
 
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (Episodic(), Continual(), Mixed(),
-                                                       NonIID())}
+class MixedNonIID(Protocol):
+    name = "mixed-noniid"
+    description = "all targets mixed into one stream, in a class-correlated order"
+    sequential = True
+    mixes_targets = True
+    defaults = {"alpha": 0.1, "slots": 100}
+
+    def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
+        return {**super().params(seed, targets), "shuffle_seed": seed}
+
+    def mixed_order(self, labels: list[torch.Tensor], params: dict[str, Any]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        domain = torch.cat([torch.full((len(x),), i, dtype=torch.long)
+                            for i, x in enumerate(labels)])
+        local = torch.cat([torch.arange(len(x)) for x in labels])
+        flat = torch.cat([x.reshape(len(x), -1)[:, 0] for x in labels])
+        perm = dirichlet_order(flat, params["alpha"], params["slots"], params["shuffle_seed"])
+        return domain[perm], local[perm]
+
+
+class Gradual(Protocol):
+    name = "gradual"
+    description = ("one model, never reset; each corruption's severities rise 1->5 and fall "
+                   "back 5->1")
+    sequential = True
+    records_curve = True
+
+    def visits(self, cells: int, factors: list[dict[str, Any]], params: dict[str, Any]
+               ) -> list[tuple[int, int, int]]:
+        if not factors or any("corruption" not in f or "severity" not in f for f in factors):
+            from benchmark.errors import ShiftbenchError
+
+            raise ShiftbenchError("the gradual protocol needs a suite whose targets are "
+                                  "corruptions x severities (digits-c, cifar10-c)")
+        by_corruption: dict[str, dict[int, int]] = {}
+        for i, f in enumerate(factors):
+            by_corruption.setdefault(f["corruption"], {})[int(f["severity"])] = i
+        out = []
+        for severities in by_corruption.values():
+            levels = sorted(severities)
+            top = levels[-1]
+            for s in levels:  # up: the first half of every level below the top
+                out.append((severities[s], 0, 1 if s == top else 2))
+            for s in reversed(levels[:-1]):  # down: the second half
+                out.append((severities[s], 1, 2))
+        return out
+
+
+class Recurring(Protocol):
+    name = "recurring"
+    description = "the continual sequence of targets repeated `rounds` times, never reset"
+    sequential = True
+    records_curve = True
+    defaults = {"rounds": 10}
+
+    def visits(self, cells: int, factors: list[dict[str, Any]], params: dict[str, Any]
+               ) -> list[tuple[int, int, int]]:
+        return [(i, 0, 1) for _ in range(int(params["rounds"])) for i in range(cells)]
+
+
+class Online(Protocol):
+    name = "online"
+    description = ("episodic, but batches keep arriving: a method costing c forward passes "
+                   "per batch adapts on one batch in ceil(c)")
+    online = True
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Episodic(), Continual(), Mixed(), NonIID(), MixedNonIID(), Gradual(), Recurring(),
+    Online())}
 
 
 def get_protocol(name: str) -> Protocol:

@@ -535,8 +535,10 @@ class Runner:
         if fresh and hasattr(self.process, "discard"):
             self.process.discard(job.spec)
         protocol = get_protocol(job.protocol)
+        factors = self.suite.target_factors()
         cells = [CellPlan(c.domain, c.role, self.suite.load(c.domain, "test"),
-                          self.targets.index(c.domain) if c.role == "target" else -1)
+                          self.targets.index(c.domain) if c.role == "target" else -1,
+                          factors.get(c.domain, {}))
                  for c in job.cells]
         scoring = Scoring.for_job(cells, protocol, job.params, job.batch_size,
                                   info.batch_key, self.suite.make_metric, keep_logits)
@@ -550,7 +552,8 @@ class Runner:
                            rng_state=torch.get_rng_state(), state=state,
                            device=str(self.device), threads=self.config.threads,
                            seed=job.seed, streams=[], suite_task=self.suite.task,
-                           num_classes=self.suite.num_classes, probe_reset=probe_reset)
+                           num_classes=self.suite.num_classes, probe_reset=probe_reset,
+                           online=protocol.online and job.cells[0].role == "target")
         results, side = evaluate_job(task, scoring, self.process, self.config.cell_timeout)
         side["source_images_served"] = scoring.source_served
         if keep_logits:

@@ -65,6 +65,7 @@ CELL_COLUMNS = [
     "error", "name", "hparams", "adapter_code", "data_fingerprint", "checkpoint_sha256",
     "shiftbench", "code_revision", "torch", "torchvision", "python", "device", "finished_at",
     "key", "protocol_params", "stream_position", "curve",
+    "adapted_batches", "batches", "cost_ratio",
 ]
 
 
@@ -120,6 +121,9 @@ def cells_frame(cells: list[dict[str, Any]]) -> pd.DataFrame:
             "stream_position": c.get("stream_position", math.nan),
             # continual streams: online accuracy after each batch of this target
             "curve": json.dumps(c["curve"]) if "curve" in c else "",
+            # the online protocol: batches adapted on, of all, and the counted cost
+            "adapted_batches": c.get("adapted_batches", math.nan),
+            "batches": c.get("batches", math.nan), "cost_ratio": c.get("cost_ratio", math.nan),
             **extra,
         })
     frame = pd.DataFrame(rows, columns=CELL_COLUMNS + sorted(extra_columns))
@@ -235,6 +239,9 @@ def board_frame(
             # the weakest isolation any of its cells ran under (engine.isolation)
             "isolation": min(done.isolation, key=_strength, default=""),
         }
+        if tgt.batches.notna().any():  # the online protocol: share of batches adapted on
+            row["adapted"] = tgt.adapted_batches.sum() / tgt.batches.sum()
+            row["cost_ratio"] = tgt.cost_ratio.mean()
         if grid is not None:
             row.update(corruption_columns({t: 100 - row.pop(t) for t in targets}, baseline,
                                           grid))
@@ -262,12 +269,13 @@ def board_frame(
                   if c == "mean_error" or c.startswith(("mCE", "c:", "s:"))]
     columns = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score",
                "std", "ci95", "seeds", *(["ece", "entropy"] if calibration else []), *detail,
-               src_col, "adapt_s", "img_per_s", "peak_mb", "status", "isolation"]
+               src_col, "adapt_s", "img_per_s", "peak_mb", "status", "isolation",
+               *[c for c in ("adapted", "cost_ratio") if c in board.columns]]
     return board[columns].reset_index(drop=True)
 
 
 _DECIMALS = {"score": 2, "std": 2, "ci95": 2, "adapt_s": 3, "img_per_s": 1, "peak_mb": 0,
-             "ece": 2, "entropy": 4}
+             "ece": 2, "entropy": 4, "adapted": 3, "cost_ratio": 2}
 
 
 def _rounded(frame: pd.DataFrame, suite: Suite) -> pd.DataFrame:
