@@ -229,3 +229,79 @@ def test_a_composition_needs_a_test_time_second_part():
         AdapterSpec.parse("tent+test-da-spy").build()
     with pytest.raises(ValueError, match="at most two"):
         AdapterSpec.parse("a+b+c")
+
+
+# ---- gradual, recurring, mixed-noniid, online ----------------------------------------------
+def test_gradual_visits_every_severity_up_and_down_and_each_image_once():
+    from benchmark.engine.protocols import get_protocol
+
+    factors = [{"corruption": c, "severity": s} for c in ("fog", "snow") for s in range(1, 6)]
+    visits = get_protocol("gradual").visits(len(factors), factors, {})
+    levels = [(factors[i]["corruption"], factors[i]["severity"]) for i, _, _ in visits]
+    assert levels == [("fog", s) for s in (1, 2, 3, 4, 5, 4, 3, 2, 1)] + \
+        [("snow", s) for s in (1, 2, 3, 4, 5, 4, 3, 2, 1)]
+    for cell in range(len(factors)):  # the slices of a cell cover it exactly once
+        parts = sorted((p, n) for i, p, n in visits if i == cell)
+        assert parts in ([(0, 1)], [(0, 2), (1, 2)])
+    with pytest.raises(Exception, match="corruptions x severities"):
+        get_protocol("gradual").visits(2, [{}, {}], {})
+
+
+def test_mixed_noniid_mixes_targets_in_a_class_correlated_order():
+    from benchmark.engine.protocols import get_protocol
+
+    labels = [torch.arange(10).repeat_interleave(30)[torch.randperm(300)] for _ in range(3)]
+    params = {"alpha": 0.01, "slots": 30, "shuffle_seed": 0}
+    domain, local = get_protocol("mixed-noniid").mixed_order(labels, params)
+    seen = sorted(zip(domain.tolist(), local.tolist(), strict=True))
+    assert seen == [(d, i) for d in range(3) for i in range(300)]  # every image once
+    stream = torch.stack([labels[d][i] for d, i in zip(domain, local, strict=True)])
+    plain, _ = get_protocol("mixed").mixed_order(labels, {"shuffle_seed": 0})
+    assert len(set(plain[:100].tolist())) == 3 and len(set(domain[:100].tolist())) >= 2
+    shuffled = torch.stack([labels[d][i] for d, i in zip(*get_protocol("mixed").mixed_order(
+        labels, {"shuffle_seed": 0}), strict=True)])
+    assert class_switches(stream) < class_switches(shuffled) / 3
+
+
+def test_recurring_repeats_the_sequence_and_the_source_model_does_not_notice(tmp_path):
+    summary, cells = run(tmp_path, ["source"], ("episodic", "recurring"))
+    assert summary.failed == 0
+    for domain in SUITES.get(SUITE).targets:
+        assert score(cells, "source", "recurring", domain) == pytest.approx(
+            score(cells, "source", "episodic", domain), abs=flips(cells, domain))
+    row = cells[(cells.protocol == "recurring") & (cells.role == "target")].iloc[0]
+    assert len(json.loads(row.curve)) == 10 * -(-row.n_examples // row.batch_size)
+
+
+SLOW = '''
+import torch
+from benchmark.adapter import Adapter
+
+class Slow(Adapter):
+    """Four forward passes per batch: the online stream outruns it."""
+    def predict(self, x):
+        with torch.no_grad():
+            for _ in range(3):
+                self.model(x)
+            return self.model(x)
+'''
+
+
+def test_online_a_slow_adapter_adapts_on_fewer_batches_and_is_scored_on_all(tmp_path):
+    path = tmp_path / "slow.py"
+    path.write_text(SLOW)
+    summary, cells = run(tmp_path, ["source", "tent", f"{path}:Slow"], ("online",),
+                         batch_sizes=(32,))
+    assert summary.failed == 0
+    target = cells[cells.role == "target"]
+    for adapter, cost in (("source", 1.0), ("tent", 3.0), ("slow", 4.0)):
+        rows = target[target.adapter == adapter]
+        for row in rows.itertuples():
+            batches = -(-row.n_examples // 32)
+            assert row.batches == batches
+            assert row.adapted_batches == -(-batches // int(cost))  # one in ceil(cost)
+            assert row.cost_ratio == pytest.approx(cost)
+            assert row.score == row.score  # scored on every image, not only adapted ones
+    board = summary.board.set_index("adapter")
+    assert board.loc["source", "adapted"] == 1.0
+    assert board.loc["slow", "adapted"] < board.loc["tent", "adapted"] < 1.0
