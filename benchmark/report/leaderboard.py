@@ -239,9 +239,11 @@ def board_frame(
             # the weakest isolation any of its cells ran under (engine.isolation)
             "isolation": min(done.isolation, key=_strength, default=""),
         }
-        if tgt.batches.notna().any():  # the online protocol: share of batches adapted on
-            row["adapted"] = tgt.adapted_batches.sum() / tgt.batches.sum()
-            row["cost_ratio"] = tgt.cost_ratio.mean()
+        batches = pd.to_numeric(tgt.batches, errors="coerce")
+        if batches.notna().any():  # the online protocol: share of batches adapted on
+            adapted = pd.to_numeric(tgt.adapted_batches, errors="coerce")
+            row["adapted"] = adapted.sum() / batches.sum()
+            row["cost_ratio"] = pd.to_numeric(tgt.cost_ratio, errors="coerce").mean()
         if grid is not None:
             row.update(corruption_columns({t: 100 - row.pop(t) for t in targets}, baseline,
                                           grid))
