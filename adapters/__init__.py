@@ -20,13 +20,16 @@ from adapters import (
     iw,  # noqa: F401
     lame,  # noqa: F401
     modality_bn,  # noqa: F401
+    note,  # noqa: F401
     ptbn,  # noqa: F401
     rdumb,  # noqa: F401
     roid,  # noqa: F401
+    rotta,  # noqa: F401
     sar,  # noqa: F401
     sbn,  # noqa: F401
     source,  # noqa: F401
     switchable_norm,  # noqa: F401
     t3a,  # noqa: F401
     tent,  # noqa: F401
+    unmix_tns,  # noqa: F401
 )

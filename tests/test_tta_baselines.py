@@ -422,3 +422,138 @@ def test_roid_loss_and_prior_correction_follow_the_paper():
     prior = probs.mean(0)
     s = max(1 / 16, 1 / 5) / prior.max()
     np.testing.assert_allclose(out, raw * (prior + s) / (1 + s * 5), rtol=1e-5, atol=1e-6)
+
+
+# ---- RoTTA ----------------------------------------------------------------------------------
+def test_robust_bn_normalizes_with_the_updated_global_statistics():
+    from benchmark.layers.robust_norm import RobustBN2d
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    bn.running_var.copy_(torch.tensor([1.0, 4.0, 0.25]))
+    layer = RobustBN2d(bn, momentum=0.05).train()
+    x = torch.randn(8, 3, 5, 5) * 2 + 1
+    out = layer(x).detach().double().numpy()
+    xs = x.double().numpy()
+    mean = 0.95 * bn.running_mean.double().numpy() + 0.05 * xs.mean((0, 2, 3))
+    var = 0.95 * bn.running_var.double().numpy() + 0.05 * xs.var((0, 2, 3))
+    expected = (xs - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.mean.double().numpy(), mean, rtol=1e-5)
+    layer.eval()  # evaluation: the stored statistics, unchanged
+    before = layer.mean.clone()
+    layer(x)
+    assert torch.equal(layer.mean, before)
+
+
+def test_rotta_memory_is_category_balanced_and_evicts_the_oldest_most_uncertain():
+    from adapters.rotta import CategoryBalancedMemory
+
+    bank = CategoryBalancedMemory(capacity=4, classes=2, lambda_t=1.0, lambda_u=1.0)
+    image = torch.zeros(1)
+    for _ in range(5):  # class 0 only: at most capacity / C = 2 of them
+        bank.add(image, 0, 0.1)
+    assert [len(c) for c in bank.items] == [2, 0]
+    bank.add(image, 1, 0.5)
+    bank.add(image, 1, 0.2)
+    assert [len(c) for c in bank.items] == [2, 2]
+    ages = [i.age for i in bank.items[1]]
+    assert ages == [2, 1]  # every item ages per arrival, the newcomer included
+    # full: a confident newcomer of class 1 replaces class 1's highest-score item
+    bank.add(image, 1, 0.0)
+    assert sorted(i.uncertainty for i in bank.items[1]) == [0.0, 0.2]
+    # a newcomer scoring higher than everything stored is refused
+    bank.add(image, 1, 100.0)
+    assert 100.0 not in [i.uncertainty for i in bank.items[1]]
+
+
+# ---- NOTE -----------------------------------------------------------------------------------
+def test_iabn_keeps_only_significant_instance_deviations():
+    from benchmark.layers.robust_norm import InstanceAwareBatchNorm2d
+
+    torch.manual_seed(0)
+    layer = InstanceAwareBatchNorm2d(2, k=1.0).eval()
+    layer.bn.running_mean.copy_(torch.tensor([0.0, 1.0]))
+    layer.bn.running_var.copy_(torch.tensor([1.0, 2.0]))
+    x = torch.randn(3, 2, 4, 4) + torch.tensor([0.0, 3.0]).view(1, 2, 1, 1)
+    out = layer(x).detach().double().numpy()
+
+    xs, L = x.double().numpy(), 16
+    mu, s2 = np.array([0.0, 1.0])[None, :, None, None], np.array([1.0, 2.0])[None, :, None, None]
+    mu_i, s2_i = xs.mean((2, 3), keepdims=True), xs.var((2, 3), ddof=1, keepdims=True)
+
+    def shrink(v, t):
+        return np.sign(v) * np.maximum(np.abs(v) - t, 0)
+
+    mean = mu + shrink(mu_i - mu, np.sqrt((s2 + 1e-5) / L))
+    var = np.maximum(s2 + shrink(s2_i - s2, (s2 + 1e-5) * np.sqrt(2 / (L - 1))), 0)
+    np.testing.assert_allclose(out, (xs - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+def test_pbrs_memory_balances_predicted_classes():
+    from adapters.note import PredictionBalancedReservoir
+
+    torch.manual_seed(0)
+    memory = PredictionBalancedReservoir(capacity=64, classes=2)
+    for _ in range(200):
+        memory.add(torch.zeros(1), 0)
+    assert [len(c) for c in memory.items] == [64, 0]
+    for _ in range(50):
+        memory.add(torch.zeros(1), 1)
+    assert [len(c) for c in memory.items] == [32, 32]
+
+
+def test_note_trains_with_iabn_and_predicts_blocks_before_their_update(tiny_source_state):
+    from benchmark.layers.robust_norm import InstanceAwareBatchNorm2d
+
+    suite, _ = tiny_source_state
+    note = build("note", update_every=16)
+    model = note.prepare(suite.build_model())
+    inner = {id(m.bn) for m in model.modules() if isinstance(m, InstanceAwareBatchNorm2d)}
+    plain = [m for m in model.modules()
+             if isinstance(m, nn.BatchNorm2d) and id(m) not in inner]
+    assert inner and not plain  # every BN became IABN (its running statistics inside)
+    note.attach(model)
+    x = target(suite, 40)
+    with torch.no_grad():
+        model.eval()
+        first_block = model(x[:16])
+    out = note.predict(x)
+    torch.testing.assert_close(out[:16], first_block)  # predicted before the first update
+    assert note.seen == 40 and len(note.memory) == 40
+
+
+# ---- UnMix-TNS ------------------------------------------------------------------------------
+def test_unmix_tns_normalization_is_the_mixture_of_shifted_components():
+    from benchmark.layers.robust_norm import UnMixTNS2d
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    bn.running_var.fill_(2.0)
+    x = torch.randn(6, 3, 4, 4) * 3 + 1
+    one = UnMixTNS2d(bn, components=1)  # one component: every instance is its own
+    xs = x.double().numpy()
+    instance = (xs - xs.mean((2, 3), keepdims=True)) / np.sqrt(
+        xs.var((2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(one(x).detach().numpy(), instance, rtol=1e-4, atol=1e-4)
+
+    layer = UnMixTNS2d(bn, components=16)
+    means, vars_ = layer.means.double().numpy(), layer.vars.double().numpy()
+    np.testing.assert_allclose(vars_, 1.0, rtol=1e-6)  # (1 - alpha) s2
+    out = layer(x).detach().double().numpy()
+    mu_i, s2_i = xs.mean((2, 3)), xs.var((2, 3))
+    unit = mu_i / np.linalg.norm(mu_i, axis=1, keepdims=True)
+    comp = means / np.linalg.norm(means, axis=1, keepdims=True)
+    logits = unit @ comp.T / 0.07
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p = (p / p.sum(1, keepdims=True))[:, :, None]
+    mu = (1 - p) * means[None] + p * mu_i[:, None]
+    s2 = (1 - p) * vars_[None] + p * s2_i[:, None]
+    mean, var = mu.mean(1), s2.mean(1) + (mu**2).mean(1) - mu.mean(1) ** 2
+    expected = (xs - mean[:, :, None, None]) / np.sqrt(var[:, :, None, None] + 1e-5)
+    np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-4)
+    m = 1 - 0.9 ** (6 / 64)
+    np.testing.assert_allclose(layer.means.double().numpy(),
+                               means + m * (p * (mu_i[:, None] - means[None])).mean(0),
+                               rtol=1e-5, atol=1e-6)
