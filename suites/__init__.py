@@ -5,6 +5,7 @@ from suites import (
     digits,  # noqa: F401
     digits_c,  # noqa: F401
     digits_cams,  # noqa: F401
+    digits_drift,  # noqa: F401
     digits_mm,  # noqa: F401
     digits_sv,  # noqa: F401
     gta5_cityscapes,  # noqa: F401
