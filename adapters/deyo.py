@@ -78,8 +78,8 @@ class DeYO(Adapter):
                 shape = plpd > self.hparams["plpd_threshold"]
                 if shape.any():
                     chosen = entropy[keep][shape]
-                    weight = (torch.exp(-(chosen.detach() - self.margin))
-                              + torch.exp(plpd[shape]))
+                    weight = (1 / torch.exp(chosen.detach() - self.margin)
+                              + 1 / torch.exp(-plpd[shape]))
                     loss = (chosen * weight).mean()
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()

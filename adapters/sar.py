@@ -70,12 +70,11 @@ class SAR(Adapter):
         grads = [p.grad for p in self.params if p.grad is not None]
         norm = torch.norm(torch.stack([g.norm(2) for g in grads]), 2)
         scale = self.hparams["rho"] / (norm + 1e-12)
-        moved = []
+        theta = [p.detach().clone() for p in self.params]
         with torch.no_grad():
             for p in self.params:
-                eps = torch.zeros_like(p) if p.grad is None else p.grad * scale
-                p.add_(eps)
-                moved.append(eps)
+                if p.grad is not None:
+                    p.add_(p.grad * scale)
         self.optimizer.zero_grad(set_to_none=True)
         entropy = softmax_entropy(model(x))[reliable]
         loss = entropy[entropy < self.margin].mean()
@@ -84,7 +83,7 @@ class SAR(Adapter):
             self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
         loss.backward()
         with torch.no_grad():  # back to theta; the step uses the gradient taken at theta+eps
-            for p, eps in zip(self.params, moved, strict=True):
-                p.sub_(eps)
+            for p, original in zip(self.params, theta, strict=True):
+                p.copy_(original)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

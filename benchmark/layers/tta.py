@@ -136,7 +136,7 @@ def eta_update(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
         keep, moving = reliable_and_diverse(logits, margin, d_margin, moving)
         if keep.any():
             entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)[keep]
-            weight = torch.exp(-(entropy.detach() - margin))
+            weight = 1 / torch.exp(entropy.detach() - margin)  # S(x), Eq. 9
             loss = (entropy * weight).mean()
             if regularizer is not None:
                 loss = loss + regularizer()
