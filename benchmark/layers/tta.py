@@ -119,7 +119,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """Mean teacher: every floating-point parameter of ``teacher`` becomes
     ``momentum * teacher + (1 - momentum) * student``."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+        t.copy_(momentum * t + (1 - momentum) * s.detach())  # the references' rounding
 
 
 def eta_update(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
