@@ -138,21 +138,40 @@ def test_eata_fisher_is_the_mean_squared_gradient_of_self_labelled_cross_entropy
 
 def test_eata_fisher_penalty_holds_important_parameters_at_their_source_values(
         tiny_source_state):
-    suite, model = fresh(tiny_source_state)
+    suite, _ = tiny_source_state
     source = suite.load(suite.source, "train").images[:128]
-    drift = {}
-    for alpha in (0.0, 1e6):
+
+    def drift(alpha: float) -> tuple[float, float]:
         _, model = fresh(tiny_source_state)
-        adapter = build("eata", fisher_alpha=alpha, source_images=128)
+        adapter = build("eata", fisher_alpha=alpha, source_images=128, optimizer="sgd",
+                        lr=0.05, momentum=0.0, e_margin=1.0)
         adapter.attach(model)
         adapter.use_source(TargetStream(source, batch_size=64))
         start = [p.detach().clone() for p in adapter.params]
         for i in range(4):
             adapter.predict(target(suite, 64, 64 * i))
-        drift[alpha] = sum(float(((p.detach() - s) ** 2 * f).sum()) for p, s, f
-                           in zip(adapter.params, start, adapter.fisher, strict=True))
-    assert drift[0.0] > 0
-    assert drift[1e6] < 0.1 * drift[0.0]
+        moved = sum(float(((p.detach() - s) ** 2 * f).sum()) for p, s, f
+                    in zip(adapter.params, start, adapter.fisher, strict=True))
+        return moved, max(float(f.max()) for f in adapter.fisher)
+
+    free, fisher_max = drift(0.0)
+    # a spring as stiff as plain SGD allows (lr * 2 alpha F < 2 for every parameter)
+    held, _ = drift(0.5 / (0.05 * fisher_max))
+    assert 0 < held < free
+
+    # the penalty itself: alpha * sum_i F_i (theta_i - theta_i^0)^2 (Eq. 10)
+    _, model = fresh(tiny_source_state)
+    adapter = build("eata", fisher_alpha=3.0, source_images=128)
+    adapter.attach(model)
+    adapter.use_source(TargetStream(source, batch_size=64))
+    torch.manual_seed(1)
+    deltas = [torch.randn_like(p) * 0.1 for p in adapter.params]
+    with torch.no_grad():
+        for p, d in zip(adapter.params, deltas, strict=True):
+            p += d
+    expected = 3.0 * sum(float((f.double() * d.double() ** 2).sum())
+                         for f, d in zip(adapter.fisher, deltas, strict=True))
+    assert adapter.penalty().item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_eata_declares_source_use_and_gets_its_count_from_a_hyperparameter():
