@@ -114,10 +114,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="number of seeds (3 -> 0,1,2) or an explicit list (0,5,7); default 3")
     p.add_argument("--protocols", "--protocol", dest="protocols", type=parse_protocols,
                    default=["episodic"], metavar="P[,P...]",
-                   help=f"test-time streams, any of {', '.join(PROTOCOLS)}: episodic = reset "
-                        "to the source model per target (default); continual = one model "
-                        "across targets in order; mixed = targets shuffled together; noniid "
-                        "= class-correlated order per target")
+                   help="test-time streams (default episodic): " + "; ".join(
+                       f"{name} = {protocol.description}" for name, protocol in PROTOCOLS.items()))
     p.add_argument("--batch-size", "--batch-sizes", dest="batch_sizes",
                    type=parse_batch_sizes, default=[None], metavar="N[,N...]",
                    help="test batch size, or a sweep (1,4,16,64,200); default: the suite's")

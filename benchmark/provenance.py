@@ -66,11 +66,12 @@ def _file_sha256(path: str) -> str:
 def source_hash(cls: type) -> str:
     """sha256 of the code that defines ``cls``: editing an adapter invalidates its results.
 
-    That is its own file, plus the modules it imports from its own folder (transitively)
-    and the files it declares in ``code_files`` (paths relative to its file). With none of
-    those, the hash is the file's own sha256. A class loaded from a user's file
-    (benchmark.plugins) carries the hash of the exact bytes that were imported, so an edit
-    is seen even within one process (the cache is by path).
+    That is its own file, plus the modules it imports from its own folder and from
+    ``benchmark.layers`` (the shared building blocks of methods: norm swaps, losses, TTA
+    helpers), transitively, and the files it declares in ``code_files`` (paths relative to
+    its file). With none of those, the hash is the file's own sha256. A class loaded from a
+    user's file (benchmark.plugins) carries the hash of the exact bytes that were imported,
+    so an edit is seen even within one process (the cache is by path).
     """
     recorded = cls.__dict__.get("_shiftbench_source_sha256")
     try:
@@ -90,8 +91,9 @@ def source_hash(cls: type) -> str:
 
 
 def helper_files(main: Path, declared: tuple[str, ...] = ()) -> list[Path]:
-    """The files besides ``main`` that decide its behaviour: modules of its own folder that it
-    imports (directly or through each other), and ``declared`` paths relative to it."""
+    """The files besides ``main`` that decide its behaviour: modules of its own folder and of
+    ``benchmark.layers`` that it imports (directly or through each other), and ``declared``
+    paths relative to it."""
     folder = main.parent.resolve()
     found: dict[Path, None] = {}
     queue = [main.resolve()]
@@ -126,7 +128,13 @@ def _local_imports(path: Path, folder: Path) -> list[Path]:
             if base:
                 names.append(base)
     out = []
+    layers = Path(__file__).resolve().parent / "layers"
     for parts in names:
+        if parts[:2] == ["benchmark", "layers"] and len(parts) > 2:
+            shared = layers / f"{parts[2]}.py"  # the shared method building blocks
+            if shared.is_file():
+                out.append(shared)
+            continue
         if package and len(parts) > 1 and parts[0] == package:
             parts = parts[1:]  # ``from adapters.helper import x`` inside adapters/
         for depth in range(len(parts), 0, -1):

@@ -70,9 +70,25 @@ def test_an_adapter_without_local_imports_keeps_its_files_own_hash():
     import hashlib
     import inspect
 
-    tent = ADAPTERS.get("tent")
-    expected = hashlib.sha256(Path(inspect.getsourcefile(tent)).read_bytes()).hexdigest()
-    assert tent().code_hash() == expected  # stored results stay valid
+    source = ADAPTERS.get("source")
+    expected = hashlib.sha256(Path(inspect.getsourcefile(source)).read_bytes()).hexdigest()
+    assert source().code_hash() == expected  # stored results stay valid
+
+
+def test_the_shared_method_layers_an_adapter_uses_are_part_of_its_identity(tmp_path):
+    from benchmark.provenance import helper_files
+
+    path = write(tmp_path / "uses_layers.py", """
+        from benchmark.layers.tta import make_optimizer
+
+        class UsesLayers(Adapter):
+            def predict(self, x):
+                return self.model(x)
+        """)
+    names = {p.name for p in helper_files(path)}
+    # tta.py directly; norm.py and surgery.py through tta.py; nothing outside the layers
+    assert {"tta.py", "norm.py", "surgery.py"} <= names
+    assert all(p.parent.name == "layers" for p in helper_files(path))
 
 
 def test_the_runner_tells_every_hook_the_class_count_task_and_training_steps(tmp_path):

@@ -102,9 +102,10 @@ class UnMixTNS2d(nn.Module):
     """UnMix-TNS (Tomar et al., ICLR 2024, Sec. 3): K statistics components per BN layer.
 
     Initialized from the trained BN (mean mu_s, variance s2_s): mu_k = mu_s + sqrt(alpha K /
-    (K - 1)) sqrt(s2_s) eps_k, eps_k ~ N(0, I), s2_k = (1 - alpha) s2_s, so that the
-    components' mixture has the source statistics. Per test batch, each instance i (its
-    mean mu_i and biased variance s2_i over space) is assigned to the components by
+    (K - 1)) sqrt(s2_s) eps_k, s2_k = (1 - alpha) s2_s, with eps_k normal draws centred
+    over the K components and scaled to unit (K - 1)-normalized variance, so that the
+    components' mixture has exactly the source mean and variance. Per test batch, each
+    instance i (its mean mu_i and biased variance s2_i over space) is assigned to the components by
     p_ik = softmax_k(cos(mu_i, mu_k) / tau), and normalized with the mixture of the
     components each shifted toward it: mu_ik = (1 - p_ik) mu_k + p_ik mu_i (s2 alike),
     mean = avg_k mu_ik, var = avg_k s2_ik + avg_k mu_ik^2 - mean^2. Then every component
@@ -120,6 +121,10 @@ class UnMixTNS2d(nn.Module):
         spread = math.sqrt(alpha * components / (components - 1)) if components > 1 else 0.0
         shrink = alpha if components > 1 else 0.0
         noise = torch.randn(components, len(mean), device=mean.device)
+        if components > 1:  # centred, unit (K - 1)-variance draws: the K / (K - 1) factor
+            # then makes the components' mixture exactly the source mean and variance; raw
+            # draws shift every channel of every layer by ~0.2 sigma and wreck the model
+            noise = (noise - noise.mean(0)) / noise.std(0, unbiased=True)
         self.register_buffer("means", mean + spread * var.sqrt() * noise)
         self.register_buffer("vars", ((1 - shrink) * var).repeat(components, 1))
         self.weight = nn.Parameter(bn.weight.detach().clone())
