@@ -251,7 +251,7 @@ def test_mixed_noniid_mixes_targets_in_a_class_correlated_order():
     from benchmark.engine.protocols import get_protocol
 
     labels = [torch.arange(10).repeat_interleave(30)[torch.randperm(300)] for _ in range(3)]
-    params = {"alpha": 0.01, "slots": 30, "shuffle_seed": 0}
+    params = {"alpha": 0.01, "slot_size": 30, "shuffle_seed": 0}
     domain, local = get_protocol("mixed-noniid").mixed_order(labels, params)
     seen = sorted(zip(domain.tolist(), local.tolist(), strict=True))
     assert seen == [(d, i) for d in range(3) for i in range(300)]  # every image once

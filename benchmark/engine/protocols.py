@@ -8,8 +8,9 @@
 - ``mixed``: all targets shuffled together (seeded) into one stream, one episode; scores are
   split per target by the runner, which alone knows where each image came from.
 - ``noniid``: each target is its own episode (as in episodic), but the images arrive in a
-  class-correlated order: a Dirichlet(alpha) mixture over classes per time slot, as in the
-  non-i.i.d. TTA literature (RoTTA, NOTE). Small alpha = long runs of a few classes.
+  class-correlated order: a Dirichlet(alpha) mixture over classes per time slot of 40
+  images, as in the non-i.i.d. TTA literature (NOTE, RoTTA). Small alpha = long runs of a
+  few classes.
 - ``mixed-noniid``: the targets mixed into one stream (as ``mixed``) *and* in a
   class-correlated order (as ``noniid``), RoTTA's "practical" setting.
 - ``gradual``: one model, never reset; per corruption its severities rise 1 -> 5 and fall
@@ -111,13 +112,14 @@ class Mixed(Protocol):
 class NonIID(Protocol):
     name = "noniid"
     description = "a class-imbalanced, temporally correlated target stream"
-    defaults = {"alpha": 0.1, "slots": 100}
+    defaults = {"alpha": 0.1, "slot_size": 40}
 
     def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
         return {**super().params(seed, targets), "shuffle_seed": seed}
 
     def order(self, labels: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        return dirichlet_order(labels, params["alpha"], params["slots"], params["shuffle_seed"])
+        return dirichlet_order(labels, params["alpha"], slots_for(len(labels), params),
+                               params["shuffle_seed"])
 
 
 class MixedNonIID(Protocol):
@@ -125,7 +127,7 @@ class MixedNonIID(Protocol):
     description = "all targets mixed into one stream, in a class-correlated order"
     sequential = True
     mixes_targets = True
-    defaults = {"alpha": 0.1, "slots": 100}
+    defaults = {"alpha": 0.1, "slot_size": 40}
 
     def params(self, seed: int, targets: tuple[str, ...]) -> dict[str, Any]:
         return {**super().params(seed, targets), "shuffle_seed": seed}
@@ -136,7 +138,8 @@ class MixedNonIID(Protocol):
                             for i, x in enumerate(labels)])
         local = torch.cat([torch.arange(len(x)) for x in labels])
         flat = torch.cat([x.reshape(len(x), -1)[:, 0] for x in labels])
-        perm = dirichlet_order(flat, params["alpha"], params["slots"], params["shuffle_seed"])
+        perm = dirichlet_order(flat, params["alpha"], slots_for(len(flat), params),
+                               params["shuffle_seed"])
         return domain[perm], local[perm]
 
 
@@ -198,6 +201,13 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise ShiftbenchError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
+
+
+def slots_for(n: int, params: dict[str, Any]) -> int:
+    """Time slots of ``slot_size`` images each (NOTE's CIFAR setting: 10,000 test images in
+    250 slots, i.e. 40 per slot), so a batch of 64 spans one or two slots, whatever the
+    target's size."""
+    return max(1, round(n / params["slot_size"]))
 
 
 def dirichlet_order(labels: torch.Tensor, alpha: float, slots: int, seed: int) -> torch.Tensor:
