@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -85,7 +86,8 @@ def source_hash(cls: type) -> str:
     h = hashlib.sha256(own.encode())
     for path in helpers:
         data = path.read_bytes() if path.is_file() else b"<missing>"
-        h.update(f"\n{path.relative_to(main.parent)}:".encode())
+        # named relative to the adapter's folder: the same in a checkout and an install
+        h.update(f"\n{os.path.relpath(path, main.parent)}:".encode())
         h.update(hashlib.sha256(data).hexdigest().encode())
     return h.hexdigest()
 

@@ -172,3 +172,11 @@ def test_rows_that_used_source_images_are_ranked_apart():
     ranks = dict(zip(board.adapter, board["rank"], strict=True))
     assert ranks == {"tent": 1, "ptbn": 2, "eata": 1}
     assert list(board.adapter) == ["tent", "ptbn", "eata"]  # after the source-free ranking
+
+
+def test_every_built_in_adapter_has_a_code_identity():
+    import re
+
+    for name, cls in ADAPTERS.items():
+        if cls.__module__.startswith("adapters."):
+            assert re.fullmatch(r"[0-9a-f]{64}", cls().code_hash()), name
