@@ -271,11 +271,13 @@ class Adapter:
 
     code_files: ClassVar[tuple[str, ...]] = ()
     """Further files (paths relative to the adapter's own file) whose content decides its
-    results, beyond the modules of its own folder it imports (those are found for it)."""
+    results, beyond the modules it imports from its own folder and from ``benchmark.layers``
+    (those are found for it)."""
 
     def code_hash(self) -> str:
         """Hash of the code that decides this adapter's results: its defining file, the
-        modules it imports from its own folder (transitively) and its ``code_files``."""
+        modules it imports from its own folder and from ``benchmark.layers`` (transitively)
+        and its ``code_files``."""
         return source_hash(type(self))
 
     def training_signature(self) -> dict[str, Any] | None:
