@@ -40,6 +40,7 @@ class CoTTA(Adapter):
     Resets: student, teacher and optimizer to the source model.
     """
 
+    heavy = True  # up to 32 augmented views per batch for the teacher
     defaults = {"lr": 1e-3, "optimizer": "adam", "beta1": 0.9, "momentum": 0.9,
                 "weight_decay": 0.0, "ema": 0.999, "restore": 0.01, "ap": 0.92, "views": 32}
     tasks = frozenset({"classification"})

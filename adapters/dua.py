@@ -33,6 +33,7 @@ class DUA(Adapter):
     statistics and the momentum schedule.
     """
 
+    heavy = True  # 64 augmented copies of each image
     defaults = {"momentum": 0.1, "decay": 0.94, "min_momentum": 0.005, "copies": 64,
                 "padding": 4, "flip": True}
 

@@ -195,6 +195,10 @@ class Adapter:
     - ``tasks``: the tasks it works on.
     - ``batch_key``: a per-sample side-information field (``DomainData.extra``) whose value
       must be the same across each training batch, e.g. ``"camera"``; None mixes freely.
+    - ``heavy``: True when each batch costs tens of forward passes (augmentation-averaged
+      methods such as CoTTA and DUA). Such methods are left out of the quick default job
+      (``--adapters quick``) so it stays within about a minute; every other job includes
+      them.
     """
 
     name: ClassVar[str] = ""  # set by the registry
@@ -204,6 +208,7 @@ class Adapter:
     requires: ClassVar[frozenset[str]] = frozenset()
     tasks: ClassVar[frozenset[str]] = frozenset({"classification", "segmentation"})
     batch_key: ClassVar[str | None] = None
+    heavy: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))

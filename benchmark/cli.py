@@ -90,12 +90,13 @@ def resolve_adapters(
 ) -> list[AdapterSpec]:
     suite_cls = SUITES.get(suite_name)
     keyword = text.strip()
-    if keyword in ("all", "test-time", "training-time"):
-        if keyword == "test-time":
+    if keyword in ("all", "test-time", "training-time", "quick"):
+        if keyword in ("test-time", "quick"):
             test_time_only = True
         return [AdapterSpec(name) for name, cls in ADAPTERS.items()
                 if applicable(cls, suite_cls) and not (test_time_only and cls.changes_training)
-                and not (keyword == "training-time" and not cls.changes_training)]
+                and not (keyword == "training-time" and not cls.changes_training)
+                and not (keyword == "quick" and cls.heavy)]
     specs = [AdapterSpec.parse(item) for item in split_list(text)]
     if not specs:
         raise ShiftbenchError("--adapters is empty; name adapters (a,b) or use 'all'")
@@ -109,7 +110,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. 'source,adabn,tent(lr=1e-4)', or compositions 'ibn_a+tent'; "
                         "'all' = every adapter that applies to the suite (default); "
                         "'test-time' / 'training-time' = those of them that do not / do "
-                        "train their own source model")
+                        "train their own source model; 'quick' = the test-time ones "
+                        "except heavy augmentation-averaged methods (CoTTA, DUA)")
     p.add_argument("--seeds", type=parse_seeds, default=list(range(DEFAULT_SEEDS)),
                    help="number of seeds (3 -> 0,1,2) or an explicit list (0,5,7); default 3")
     p.add_argument("--protocols", "--protocol", dest="protocols", type=parse_protocols,
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run.py",
         description="shiftbench: run shift suites against adaptation methods and write CSV "
                     "leaderboards. With no command, runs the embedded default "
-                    f"(suite {DEFAULT_SUITE}, every test-time adapter, {DEFAULT_SEEDS} seeds).",
+                    f"(suite {DEFAULT_SUITE}, every quick test-time adapter, {DEFAULT_SEEDS} seeds).",
     )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run a suite against adapters",
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # the embedded default: a first leaderboard in about a minute
-        argv = ["run", "--adapters", "test-time"]
+        argv = ["run", "--adapters", "quick"]
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = _one_line_warning

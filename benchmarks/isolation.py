@@ -30,7 +30,7 @@ def timed_run(work: Path, mode: str) -> tuple[float, pd.DataFrame]:
     start = time.perf_counter()
     subprocess.run(
         # what `python run.py` without arguments runs, with the output folders moved
-        [sys.executable, str(ROOT / "run.py"), "run", "--adapters", "test-time",
+        [sys.executable, str(ROOT / "run.py"), "run", "--adapters", "quick",
          "--results", str(work / "results"), "--leaderboards", str(work / "leaderboards"),
          "--quiet", *flags],
         check=True, stdout=subprocess.DEVNULL,
