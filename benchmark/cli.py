@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py",
         description="shiftbench: run shift suites against adaptation methods and write CSV "
-                    "leaderboards. With no command, runs the embedded default "
-                    f"(suite {DEFAULT_SUITE}, every quick test-time adapter, {DEFAULT_SEEDS} seeds).",
+                    "leaderboards. With no command, runs the embedded default (suite "
+                    f"{DEFAULT_SUITE}, every quick test-time adapter, {DEFAULT_SEEDS} seeds).",
     )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run a suite against adapters",

@@ -108,3 +108,63 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     assert 1 <= stored < 12
     assert subprocess.run(command, env=env, cwd=tmp_path).returncode == 0
     assert len(list(cells.glob("*.json"))) == 12
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_a_killed_runner_leaves_no_worker_zygote_or_adapter_process(tmp_path):
+    marker = tmp_path / "adapting"
+    plugin = tmp_path / "stuck.py"
+    plugin.write_text("import time\nfrom pathlib import Path\n"
+                      "from benchmark.adapter import Adapter\n"
+                      "class Stuck(Adapter):\n"
+                      "    def adapt(self, stream):\n"
+                      f"        Path({str(marker)!r}).touch()\n"
+                      "        time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    script = "import sys, tiny_suite; from benchmark.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", script, "run", "--suite", "tiny-digits", "--seeds", "1",
+               "--adapters", f"{plugin}:Stuck", "--workers", "2", "--quiet",
+               "--results", str(tmp_path / "R"), "--leaderboards", str(tmp_path / "L")]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the adapter never started"
+    tree = _descendants(proc.pid)
+    assert len(tree) >= 3  # a worker, its zygote, the adapter process (and helpers)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(tree), f"processes outlived the killed runner: {sorted(_alive(tree))}"
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (zombies count as gone)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive

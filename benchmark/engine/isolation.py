@@ -458,13 +458,16 @@ def tune_allocator() -> None:
         pass
 
 
-def die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (no orphaned adapter processes)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Linux: SIGKILL this process when its parent dies (no orphaned adapter processes).
+    Given the parent's pid, exit now if that parent already died."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if parent is not None and os.getppid() != parent:  # died before the request took effect
+        os._exit(1)
 
 
 def make_process(mode: str, hide: Iterable[Path] = (), device: str = "cpu",

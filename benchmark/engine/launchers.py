@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import get_context, parent_process
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import ShiftbenchError
@@ -71,9 +71,14 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(setup: WorkerSetup, lock: Any = None, counter: Any = None) -> None:
     from tqdm.auto import tqdm
 
+    from benchmark.engine.isolation import die_with_parent
     from benchmark.engine.runner import Runner
     from benchmark.registry import load_builtins
 
+    # A worker busy with a job would otherwise outlive a killed runner (and keep its zygote
+    # and adapter process alive) until the job ends, which on a long stream is hours.
+    parent = parent_process()
+    die_with_parent(None if parent is None else parent.pid)
     if lock is not None:
         tqdm.set_lock(lock)
     if counter is not None:
