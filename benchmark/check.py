@@ -359,11 +359,8 @@ def _run_checks(spec: AdapterSpec, seed: int, results: Path, protocols: list[str
         report.summary.append(f"time: {time.perf_counter() - start:.1f} s, source models "
                               "trained included")
         report.summary.append("score it on a real suite (and compare with the leaderboard):")
-        reference = f"{spec.file}" if spec.file else spec.name
-        inner = ",".join(f"{k}={v!r}" for k, v in spec.overrides)
         report.summary.append(f"  python run.py run --suite digits --adapters "
-                              f"source,{_quote(reference + (f'({inner})' if inner else ''))} "
-                              "--seeds 3")
+                              f"source,{_quote(spec.text)} --seeds 3")
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:

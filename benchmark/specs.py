@@ -46,6 +46,14 @@ class AdapterSpec:
     def display(self) -> str:
         return self.name if self.then is None else f"{self.name}+{self.then.display}"
 
+    @property
+    def text(self) -> str:
+        """The command-line form, parts and hyper-parameters included: ``parse(text)``
+        gives this spec back."""
+        inner = ",".join(f"{k}={v!r}" for k, v in self.overrides)
+        own = (self.file or self.name) + (f"({inner})" if inner else "")
+        return own if self.then is None else f"{own}+{self.then.text}"
+
     @classmethod
     def _parse_single(cls, text: str) -> AdapterSpec:
         file_match = _FILE_SPEC.match(text) if is_file_reference(text) else None

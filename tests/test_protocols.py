@@ -231,6 +231,14 @@ def test_a_composition_needs_a_test_time_second_part():
         AdapterSpec.parse("a+b+c")
 
 
+@pytest.mark.parametrize("text", ["ibn_a(p=0.5)+tent(lr=0.0001,steps=2)", "dsbn+adabn",
+                                  "tent(lr=0.001)", "/x/my.py:Mine(k='a b')+tent"])
+def test_a_spec_prints_as_the_text_that_parses_back_to_it(text):
+    spec = AdapterSpec.parse(text)
+    assert AdapterSpec.parse(spec.text) == spec
+    assert ("+" in spec.text) == (spec.then is not None)
+
+
 # ---- gradual, recurring, mixed-noniid, online ----------------------------------------------
 def test_gradual_visits_every_severity_up_and_down_and_each_image_once():
     from benchmark.engine.protocols import get_protocol

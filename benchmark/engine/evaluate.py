@@ -525,8 +525,6 @@ class Scoring:
 
     def logits(self, stream: int, batch: int, logits: torch.Tensor) -> None:
         s = self._stream(stream)
-        if s is self.source:
-            raise ScoringError("the source images are not scored")
         if batch != s.next_batch:
             raise ScoringError(f"stream {stream}: got batch {batch}, expected {s.next_batch}")
         start = batch * s.plan.batch_size
@@ -580,6 +578,7 @@ class Scoring:
 
 
 def _no_scores(logits: torch.Tensor, index: torch.Tensor) -> None:
+    """The source stream's scorer: its images are served, never scored."""
     raise ScoringError("the source images are not scored")
 
 
