@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from benchmark.adapter import Adapter
 from benchmark.layers.losses import softmax_entropy
-from benchmark.layers.tta import adapt_batchnorm_affine, entropy_margin, make_optimizer
+from benchmark.layers.tta import adapt_batchnorm_affine, entropy_margin, make_optimizer, top_stage
 from benchmark.registry import ADAPTERS
 
 
@@ -42,14 +42,16 @@ class DeYO(Adapter):
        keep samples with PLPD > ``plpd_threshold``;
     3. loss = mean over the kept of [exp(E0 - E(x)) + exp(PLPD)] * E(x), E0 =
        ``e_margin`` * ln C; one step (none when nothing is kept).
-    BN normalizes with batch statistics (x' forms its own batch); BN's gamma, beta adapt.
+    BN normalizes with batch statistics (x' forms its own batch). BN's gamma and beta adapt,
+    except in the network's top stage (``layer4`` of a ResNet-50; the last stage here), which
+    the authors' code leaves frozen, as SAR's does.
 
     Defaults: the paper's (margin 0.5 ln C, E0 0.4 ln C, PLPD 0.2, 4x4 patches) with the
     CIFAR-10-C optimizer of the authors' follow-up harnesses (Adam lr 1e-3); the paper's
     ImageNet optimizer is SGD lr 2.5e-4.
 
-    Trains: nothing at training time. Adapts: BN weight and bias, online. Resets: the model
-    and the optimizer.
+    Trains: nothing at training time. Adapts: BN weight and bias below the top stage,
+    online. Resets: the model and the optimizer.
     """
 
     defaults = {"lr": 1e-3, "optimizer": "adam", "beta1": 0.9, "momentum": 0.9,
@@ -60,7 +62,8 @@ class DeYO(Adapter):
     def setup(self, model: nn.Module) -> None:
         self.filter_margin = entropy_margin(self.num_classes, self.hparams["margin"])
         self.margin = entropy_margin(self.num_classes, self.hparams["e_margin"])
-        self.optimizer = make_optimizer(adapt_batchnorm_affine(model, "DeYO"), self.hparams)
+        self.optimizer = make_optimizer(
+            adapt_batchnorm_affine(model, "DeYO", exclude=top_stage(model)), self.hparams)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         model = self._require_model()

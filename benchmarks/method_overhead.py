@@ -27,7 +27,7 @@ from benchmark.specs import AdapterSpec
 from benchmark.training import seed_everything
 
 METHODS = ("source", "adabn", "ptbn", "tent", "eta", "eata", "sar", "deyo", "rdumb", "lame",
-           "t3a", "cotta", "roid", "dua")
+           "t3a", "cotta", "roid", "dua", "rotta", "unmix_tns", "note")
 
 
 def bare(suite, name: str, state: dict[str, torch.Tensor], batch_size: int, seed: int,
@@ -35,9 +35,11 @@ def bare(suite, name: str, state: dict[str, torch.Tensor], batch_size: int, seed
     """The adapter driven by hand; returns accuracy in %."""
     seed_everything(seed)
     model = suite.build_model()
-    model.load_state_dict(state)
     adapter = ADAPTERS.get(name)()
     adapter.bind(suite.task, suite.num_classes)
+    if adapter.changes_training:  # its checkpoint holds the layers prepare() swaps in
+        model = adapter.prepare(model)
+    model.load_state_dict(state)
     adapter.attach(model)
     if source is not None:
         adapter.use_source([source[i:i + batch_size]  # type: ignore[arg-type]
@@ -71,7 +73,7 @@ def main() -> None:
         job = next(j for j in runner.plan_jobs()
                    if j.spec.name == name and j.cells[0].domain == "digits-m")
         info = runner.infos[job.spec]
-        state, _ = runner.provisioner.state(job.spec, False,
+        state, _ = runner.provisioner.state(job.spec, info.changes_training,
                                             runner.checkpoint_identity(info, 0), 0, None)
         source = None
         if info.source_images:

@@ -273,6 +273,18 @@ def test_deyo_never_adapts_a_model_whose_prediction_ignores_shape():
         assert same(params_of(model), start) != moves, name
 
 
+def test_deyo_adapts_bn_affine_below_the_top_stage_only(tiny_source_state):
+    suite, model = fresh(tiny_source_state)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapter = build("deyo", lr=0.05, margin=1.0, plpd_threshold=-2.0)  # every sample kept
+    adapter.attach(model)
+    adapter.predict(target(suite))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    bn = {n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert moved and all(n.rsplit(".", 1)[0] in bn for n in moved)
+    assert not any(n.startswith("layer3") for n in moved)  # the top stage stays frozen
+
+
 # ---- RDumb ----------------------------------------------------------------------------------
 def test_rdumb_resets_to_the_source_model_every_t_steps(tiny_source_state):
     suite, model = fresh(tiny_source_state)
