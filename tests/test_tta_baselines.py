@@ -378,7 +378,7 @@ def test_dua_moves_running_statistics_by_the_decayed_momentum(tiny_source_state)
     x = target(suite, 3)
     bn = model.stem[1]
     mean = bn.running_mean.clone().double()
-    adapter = build("dua", padding=0, flip=False, copies=4)  # views = the image itself
+    adapter = build("dua", padding=0, flip=False, rotate=False, copies=4)  # views = the image
     adapter.attach(model)
     adapter.predict(x)
     m = 0.1
@@ -390,6 +390,18 @@ def test_dua_moves_running_statistics_by_the_decayed_momentum(tiny_source_state)
         mean = (1 - rho) * mean + rho * feature.mean((0, 2, 3))
     torch.testing.assert_close(bn.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
     assert not bn.training  # predictions use the running statistics
+
+
+def test_dua_views_are_the_image_turned_by_random_quarter_turns(tiny_source_state):
+    suite, model = fresh(tiny_source_state)
+    image = target(suite, 1)[0]
+    adapter = build("dua", padding=0, flip=False, copies=64)
+    adapter.attach(model)
+    views = adapter._augment(image)
+    turns = [[k for k in range(4) if torch.equal(v, torch.rot90(image, k, dims=(1, 2)))]
+             for v in views]
+    assert all(len(t) == 1 for t in turns)  # every view is one rotation of the image
+    assert {t[0] for t in turns} == {0, 1, 2, 3}  # all four occur in 64 draws
 
 
 # ---- CoTTA ----------------------------------------------------------------------------------
