@@ -439,6 +439,22 @@ def test_cotta_augments_only_when_the_anchor_is_unsure(tiny_source_state):
         assert torch.allclose(outputs[ap], plain) == (ap == 0.0)
 
 
+def test_cotta_without_flips_never_mirrors_a_view():
+    from torchvision.transforms import v2
+
+    from benchmark.layers.augment import cotta_views
+
+    def flips(views):
+        return [t for t in views.transforms if isinstance(t, v2.RandomHorizontalFlip)]
+
+    assert len(flips(cotta_views(32))) == 1 and not flips(cotta_views(32, flip=False))
+    torch.manual_seed(0)
+    adapter = build("cotta", flip=False, ap=1.0, views=2)
+    adapter.attach(ShapeBlind())
+    adapter.predict(torch.rand(8, 3, 16, 16))
+    assert not flips(adapter._views)
+
+
 # ---- ROID -----------------------------------------------------------------------------------
 def test_roid_loss_and_prior_correction_follow_the_paper():
     from adapters.roid import soft_likelihood_ratio

@@ -24,13 +24,14 @@ class RandomGamma(v2.Transform):
         return TF.adjust_gamma(inpt, params["gamma"])
 
 
-def cotta_views(size: int, padding_mode: str = "edge", blur_and_noise: bool = True
-                ) -> v2.Compose:
+def cotta_views(size: int, padding_mode: str = "edge", blur_and_noise: bool = True,
+                flip: bool = True) -> v2.Compose:
     """CoTTA's test-time augmentation for small images (Wang et al. 2022, Sec. 3.2, values
     of its CIFAR code): colour jitter with gamma, padding by half the size, random affine
     (15 degrees, 1/16 translation, 0.9-1.1 scale), [a faint Gaussian blur], centre crop
-    back, horizontal flip, [faint Gaussian noise]; clipped to [0, 1]. ROID uses it with
-    reflect padding and without the blur and the noise."""
+    back, [horizontal flip], [faint Gaussian noise]; clipped to [0, 1]. ROID uses it with
+    reflect padding and without the blur and the noise. ``flip=False`` leaves out the
+    flip, for images a mirror changes the meaning of (digits, text)."""
     steps: list[v2.Transform] = [
         v2.ColorJitter(brightness=(0.6, 1.4), contrast=(0.7, 1.3), saturation=(0.5, 1.5),
                        hue=(-0.06, 0.06)),
@@ -41,7 +42,9 @@ def cotta_views(size: int, padding_mode: str = "edge", blur_and_noise: bool = Tr
     ]
     if blur_and_noise:
         steps.append(v2.GaussianBlur(5, sigma=(0.001, 0.5)))
-    steps += [v2.CenterCrop(size), v2.RandomHorizontalFlip()]
+    steps.append(v2.CenterCrop(size))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
     if blur_and_noise:
         steps.append(v2.GaussianNoise(mean=0.0, sigma=0.005, clip=False))
     steps.append(v2.Lambda(lambda x: x.clamp(0.0, 1.0)))
