@@ -78,6 +78,10 @@ class CoTTA(Adapter):
         self._restore(model)
         return teacher
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(x)
+
     @torch.no_grad()
     def _restore(self, model: nn.Module) -> None:
         for name, p in model.named_parameters():

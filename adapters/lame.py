@@ -76,3 +76,5 @@ class LAME(Adapter):
             kernel = affinity(features.flatten(1), self.hparams["affinity"], self.hparams["knn"])
             z = laplacian_assignment(logits.log_softmax(1), kernel, self.hparams["max_steps"])
         return z.clamp_min(1e-30).log()
+
+    infer = predict  # LAME keeps no state: its prediction never adapts the model

@@ -100,9 +100,15 @@ class ROID(Adapter):
             m = hp["source_momentum"]
             for p, source in zip(self.params, self.source, strict=True):
                 p.mul_(m).add_(source, alpha=1 - m)
-            out = logits.detach()
-            if hp["prior_correction"]:
-                prior = out.softmax(1).mean(0)
-                smooth = max(1 / out.shape[0], 1 / out.shape[1]) / prior.max()
-                out = out * (prior + smooth) / (1 + smooth * out.shape[1])
-        return out
+        return self._corrected(logits.detach())
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._corrected(self._require_model()(x))
+
+    def _corrected(self, out: torch.Tensor) -> torch.Tensor:
+        if not self.hparams["prior_correction"]:
+            return out
+        prior = out.softmax(1).mean(0)
+        smooth = max(1 / out.shape[0], 1 / out.shape[1]) / prior.max()
+        return out * (prior + smooth) / (1 + smooth * out.shape[1])

@@ -147,6 +147,10 @@ class RoTTA(Adapter):
                 self._update(model)
         return out
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher.eval()(x)
+
     def _update(self, model: nn.Module) -> None:
         model.train()
         self.teacher.train()

@@ -53,9 +53,19 @@ class T3A(Adapter):
             self.labels = torch.cat([self.labels, logits.argmax(1)])
             self.entropy = torch.cat([self.entropy, softmax_entropy(logits)])
             self._filter()
-            onehot = F.one_hot(self.labels, classifier_head(model).out_features).float()
-            prototypes = F.normalize(self.supports, dim=1).T @ onehot
-            return z @ F.normalize(prototypes, dim=0)
+            return self._classify(model, z)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        model = self._require_model()
+        with torch.no_grad():
+            z, _ = features_and_logits(model, x)
+            return self._classify(model, z.flatten(1))
+
+    def _classify(self, model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """Scores against the current prototypes: normalized class sums of the supports."""
+        onehot = F.one_hot(self.labels, classifier_head(model).out_features).float()
+        prototypes = F.normalize(self.supports, dim=1).T @ onehot
+        return z @ F.normalize(prototypes, dim=0)
 
     def _filter(self) -> None:
         keep_k = self.hparams["filter_k"]

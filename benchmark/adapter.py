@@ -319,6 +319,14 @@ class Adapter:
         with torch.no_grad():
             return self._require_model()(x)
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch the method does not adapt on: the ``online`` protocol's
+        batches that arrive while it is still busy. Its current prediction, with no update.
+        Default: the model's forward in its current mode, without gradient; a method that
+        predicts with something else (a teacher, prototypes, a corrected output) says so."""
+        with torch.no_grad():
+            return self._require_model()(x)
+
     def reset(self) -> None:
         """Return the model and the adapter's state to how they were right after attach
         (torch's random number generator included)."""

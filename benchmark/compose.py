@@ -86,6 +86,9 @@ class Composite(Adapter):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.test_part.predict(x)
 
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        return self.test_part.infer(x)
+
     def reset(self) -> None:
         self.test_part.reset()
 

@@ -616,3 +616,21 @@ def test_unmix_tns_normalization_is_the_mixture_of_shifted_components():
     np.testing.assert_allclose(layer.means.double().numpy(),
                                means + m * (p * (mu_i[:, None] - means[None])).mean(0),
                                rtol=1e-5, atol=1e-6)
+
+
+# ---- infer: the online protocol's prediction without adapting --------------------------------
+@pytest.mark.parametrize("name", ["tent", "eta", "eata", "sar", "deyo", "rdumb", "lame", "t3a",
+                                  "cotta", "roid", "dua", "rotta", "ptbn", "adabn", "bn_prior"])
+def test_infer_predicts_without_changing_any_state(tiny_source_state, name):
+    suite, model = fresh(tiny_source_state)
+    adapter = build(name)
+    adapter.attach(model)
+    if adapter.source_image_count():
+        adapter.use_source([target(suite, 32)])  # type: ignore[arg-type]
+    adapter.predict(target(suite, 64))  # some adaptation first, so there is state to keep
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = adapter.infer(target(suite, 64, 64))
+    again = adapter.infer(target(suite, 64, 64))
+    torch.testing.assert_close(first, again)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert first.shape == (64, 10)

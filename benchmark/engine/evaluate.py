@@ -213,8 +213,7 @@ def _run_stream(adapter: Adapter, model: nn.Module, index: int, plan: StreamPlan
     for batch, x in enumerate(stream):
         if busy > 0:  # predicted by the current model, not adapted on (online protocol)
             busy -= 1
-            with torch.no_grad():
-                logits = clock(model, x)
+            logits = clock(adapter.infer, x)
         elif meter is not None:
             meter.reset()
             logits = clock(adapter.predict, x)
