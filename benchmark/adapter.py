@@ -32,6 +32,8 @@ Test time (once per cell, on a fresh copy of the trained model)::
     adapter.adapt(stream)     # optional pass over the *unlabeled* target images (AdaBN)
     for x in stream:
         logits = adapter.predict(x)   # online methods (Tent) update inside predict
+        # protocol "online": a batch arriving while the method is still busy gets
+        # logits = adapter.infer(x) instead, a prediction without adapting
     adapter.reset()           # back to the state right after attach (protocols use it)
 
 An adapter whose setting is ``tta+src`` uses unlabeled *source* images at test time (EATA's
@@ -59,11 +61,12 @@ from benchmark.provenance import source_hash
 
 TRAINING_HOOKS = ("prepare", "extra_loss", "set_context", "target_loss", "finish_training",
                   "training_signature")
-TEST_HOOKS = ("attach", "setup", "use_source", "set_context", "adapt", "predict", "reset")
+TEST_HOOKS = ("attach", "setup", "use_source", "set_context", "adapt", "predict", "infer",
+              "reset")
 HOOKS = tuple(dict.fromkeys((*TRAINING_HOOKS, *TEST_HOOKS)))
 """Every method of the protocol the runner calls (the lifecycle above)."""
 BEHAVIOUR_HOOKS = ("prepare", "extra_loss", "set_context", "target_loss", "finish_training",
-                   "setup", "use_source", "adapt", "predict")
+                   "setup", "use_source", "adapt", "predict", "infer")
 """The hooks that change what a method computes (the rest is bookkeeping): an adapter that
 overrides none of them scores exactly like ``source``."""
 

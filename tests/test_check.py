@@ -85,8 +85,8 @@ BROKEN = {
             def predicts(self, x):
                 return x
         """, "protocol: Misspelt implements none of the hooks prepare, extra_loss, set_context, "
-             "target_loss, finish_training, setup, use_source, adapt, predict, so it would "
-             "score exactly like `source`; implement at least one "
+             "target_loss, finish_training, setup, use_source, adapt, predict, infer, so it "
+             "would score exactly like `source`; implement at least one "
              "(misspelt? predicts -> predict?)"),
     "not an adapter": ("""
         class Plain:
