@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmark.cli import main
 from benchmark.engine.runner import RunConfig, Runner
@@ -138,3 +139,37 @@ def test_kill_at_any_moment_then_rerun_equals_an_uninterrupted_run(tmp_path):
     pd.testing.assert_frame_equal(killed, clean)
     leftovers = list((tmp_path / "killed" / "R").rglob("*.tmp"))
     assert all(p.name.startswith(".") for p in leftovers)  # only hidden temporaries, never cells
+
+
+class _Served:
+    """The scoring side's answer to image requests, counting round trips."""
+
+    def __init__(self, images):
+        self.images_of, self.requests = images, 0
+
+    def images(self, stream, positions):
+        self.requests += 1
+        return self.images_of[positions].clone()
+
+
+def test_stream_images_are_read_ahead_in_blocks_and_each_batch_is_a_private_copy():
+    from benchmark.adapter import TargetStream
+    from benchmark.engine.evaluate import SOURCE_STREAM, _RemoteImages
+
+    images = torch.rand(1000, 3, 8, 8)
+    served = _Served(images)
+    remote = _RemoteImages(served, 0, len(images))
+    remote.READ_AHEAD_BYTES = 300 * images[0].numel() * 4  # blocks of 300 images
+    stream = TargetStream(remote, batch_size=32)
+    batches = list(stream)
+    assert torch.equal(torch.cat(batches), images)
+    assert served.requests == 5  # 32 first, then 300, 300, 300, 68 -- not 32 round trips
+    batches[0].zero_()  # an adapter editing its input in place
+    assert torch.equal(next(iter(stream)), images[:32])
+    shuffled = torch.randperm(1000)[:50]
+    assert torch.equal(remote[shuffled], images[shuffled])  # any order still works
+
+    source = _Served(images)
+    for _ in TargetStream(_RemoteImages(source, SOURCE_STREAM, 1000), batch_size=100):
+        pass
+    assert source.requests == 10  # the source stream is fetched exactly as read
