@@ -51,7 +51,7 @@ alone holds the labels and computes every score.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -181,6 +181,11 @@ def hparam_type_problem(default: Any, value: Any) -> str | None:
         return None
     return (f"must be a {kind.__name__} like its default {default!r}, got "
             f"{type(value).__name__}")
+
+
+def hparams_text(items: Iterable[tuple[str, Any]]) -> str:
+    """``k=v,k=v`` as written on the command line (strings quoted): what parses back."""
+    return ",".join(f"{k}={v!r}" for k, v in items)
 
 
 class Adapter:
@@ -356,6 +361,4 @@ class Adapter:
         changed = {k: v for k, v in self.hparams.items() if self.defaults.get(k) != v}
         if not changed:
             return self.name
-        inner = ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
-                         for k, v in sorted(changed.items()))
-        return f"{self.name}({inner})"
+        return f"{self.name}({hparams_text(sorted(changed.items()))})"

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.adapter import Adapter
+from benchmark.adapter import Adapter, hparams_text
 from benchmark.plugins import is_file_reference, load_file_adapter
 from benchmark.registry import ADAPTERS
 
@@ -50,7 +50,7 @@ class AdapterSpec:
     def text(self) -> str:
         """The command-line form, parts and hyper-parameters included: ``parse(text)``
         gives this spec back."""
-        inner = ",".join(f"{k}={v!r}" for k, v in self.overrides)
+        inner = hparams_text(self.overrides)
         own = (self.file or self.name) + (f"({inner})" if inner else "")
         return own if self.then is None else f"{own}+{self.then.text}"
 

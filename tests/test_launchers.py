@@ -110,14 +110,20 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
     assert len(list(cells.glob("*.json"))) == 12
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (state, ppid, ...); None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for folder in Path("/proc").glob("[0-9]*"):
+        fields = _stat(folder.name)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(folder.name))
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -159,12 +165,4 @@ def test_a_killed_runner_leaves_no_worker_zygote_or_adapter_process(tmp_path):
 
 def _alive(pids: set[int]) -> set[int]:
     """Those of ``pids`` still running (zombies count as gone)."""
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
+    return {pid for pid in pids if (fields := _stat(pid)) is not None and fields[0] != "Z"}
