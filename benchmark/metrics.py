@@ -25,7 +25,13 @@ class Metric:
 
 class Accuracy(Metric):
     """Top-1 accuracy (%), plus expected calibration error (%, 15 equal-width confidence
-    bins) and the mean Shannon entropy of the predictions (nats)."""
+    bins), the mean Shannon entropy of the predictions (nats), and a collapse check.
+
+    ``top_class_share`` is the share (%) of predictions that go to the most predicted class.
+    ``collapsed`` is 1 when that class takes at least half of the predictions *and* at least
+    twice its true share of the labels, else 0: a model that answers (nearly) one class for
+    everything. A target whose labels are themselves mostly one class is not flagged.
+    """
 
     name = "accuracy"
     ece_bins = 15
@@ -35,6 +41,8 @@ class Accuracy(Metric):
         self._confidence: list[torch.Tensor] = []
         self._correct: list[torch.Tensor] = []
         self._entropy: list[torch.Tensor] = []
+        self._predicted = torch.zeros(num_classes, dtype=torch.int64)
+        self._labels = torch.zeros(num_classes, dtype=torch.int64)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
@@ -48,15 +56,22 @@ class Accuracy(Metric):
         self._confidence.append(confidence)
         self._correct.append((predicted == labels.cpu()).float())
         self._entropy.append(-(p * log_p).sum(1))
+        self._predicted += torch.bincount(predicted, minlength=self.num_classes)
+        self._labels += torch.bincount(labels.cpu(), minlength=self.num_classes)
 
     def result(self) -> dict[str, float]:
         confidence = torch.cat(self._confidence)
         correct = torch.cat(self._correct)
+        top = int(self._predicted.argmax())
+        share = self._predicted[top].item() / len(correct)
+        true_share = self._labels[top].item() / len(correct)
         return {
             "score": 100.0 * correct.mean().item(),
             "ece": 100.0 * expected_calibration_error(confidence, correct, self.ece_bins),
             "entropy": torch.cat(self._entropy).mean().item(),
             "n": float(len(correct)),
+            "top_class_share": 100.0 * share,
+            "collapsed": float(share >= 0.5 and share >= 2 * true_share),
         }
 
 

@@ -32,12 +32,20 @@ class Recipe:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # "inv": lr * (1 + 10 p)^-0.75 at progress p, the annealing of Ganin & Lempitsky (ICML
+    # 2015, arXiv:1409.7495) that SHOT's and CDAN's digit recipes use
+    schedule: Literal["cosine", "constant", "inv"] = "cosine"
     augment: Literal["none", "shift"] = "none"
     arch_kwargs: tuple[tuple[str, Any], ...] = ()
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e / classes
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; fields added later appear only when not at their default, so the
+        identities of the recipes (and checkpoints) that existed before them stay the same."""
+        fields = dataclasses.asdict(self)
+        if fields["label_smoothing"] == 0.0:
+            del fields["label_smoothing"]
+        return fields
 
 
 @dataclass

@@ -62,6 +62,18 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
+def _scheduler(optimizer: torch.optim.Optimizer, schedule: str, total: int
+               ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    if schedule == "inv":  # step s (from 0) trains at progress (s + 1) / total, as SHOT's
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: (1 + 10 * (step + 1) / total) ** -0.75)
+    if schedule == "constant":
+        return None
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
 def _batches(
     data: DomainData, batch_size: int, batch_key: str | None, generator: torch.Generator
 ) -> list[torch.Tensor]:
@@ -159,10 +171,7 @@ def train_source(
     optimizer = _optimizer(model, recipe)
     epochs = [_batches(data, recipe.batch_size, adapter.batch_key, generator)]
     total = recipe.epochs * len(epochs[0])
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-        if recipe.schedule == "cosine" else None
-    )
+    scheduler = _scheduler(optimizer, recipe.schedule, total)
     start = time.perf_counter()
     last_loss = math.nan
     bar = tqdm(total=total, desc=description, leave=False, disable=not progress, unit="step",
@@ -176,7 +185,8 @@ def train_source(
             adapter.set_context(model, {"role": "source",
                                         **{k: v[index] for k, v in data.extra.items()}})
             # 255 marks unlabelled pixels in segmentation labels; no class uses it.
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX,
+                                   label_smoothing=recipe.label_smoothing)
             extra = adapter.extra_loss(model)
             if extra is not None:
                 loss = loss + extra

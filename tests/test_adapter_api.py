@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from cells_fixture import cell_row, frame
 
@@ -172,6 +173,21 @@ def test_rows_that_used_source_images_are_ranked_apart():
     ranks = dict(zip(board.adapter, board["rank"], strict=True))
     assert ranks == {"tent": 1, "ptbn": 2, "eata": 1}
     assert list(board.adapter) == ["tent", "ptbn", "eata"]  # after the source-free ranking
+
+
+def test_board_shows_the_worst_seed_and_seeds_that_collapsed():
+    suite = CheckSuite()
+    rows = []
+    for seed, score in ((0, 90.0), (1, 20.0), (2, 88.0)):  # seed 1: one class everywhere
+        for domain in (suite.source, *suite.targets):
+            row = cell_row("source", domain, seed, score,
+                           role="source" if domain == suite.source else "target")
+            row["collapsed"] = float(seed == 1 and domain != suite.source)
+            rows.append(row)
+    board = board_frame(suite, pd.DataFrame(rows)).set_index("adapter")
+    assert board.loc["source", "worst_seed"] == 20.0
+    assert board.loc["source", "collapsed"] == 1
+    assert board.loc["source", "score"] == pytest.approx(66.0)
 
 
 def test_every_built_in_adapter_has_a_code_identity():

@@ -17,9 +17,12 @@ import torch
 from benchmark.cli import main
 from benchmark.engine.runner import RunConfig, Runner
 from benchmark.errors import DatasetNotFoundError
+from benchmark.layers.digit_nets import WeightNormLinear
+from benchmark.layers.models import create_model
 from benchmark.registry import SUITES
 from benchmark.specs import AdapterSpec
 from benchmark.suite import Recipe
+from benchmark.training import _scheduler
 from suites._digit_files import MNIST, CorruptFileError, read_bytes
 from suites.digits import Digits
 from suites.digits_sv import DigitsSV, font_paths, render_house_numbers
@@ -176,7 +179,7 @@ def test_usps_libsvm_labels_minus_one_and_values_mapped_to_unit_range(tmp_path):
         assert len(data) == N_USPS[split]
         assert data.labels.tolist() == digits.tolist()  # file labels were digit + 1
         batch = data.images[torch.arange(len(data))]
-        assert batch.shape == (N_USPS[split], 3, 32, 32)
+        assert batch.shape == (N_USPS[split], 3, 28, 28)
         assert batch.min() == 0 and batch.max() == 1  # -1 -> 0, 1 -> 1
         expected = torch.from_numpy(((levels + 1) / 2).astype(np.float32))
         assert torch.allclose(batch.mean((1, 2, 3)), expected, atol=0.5 / 255 + 1e-6)
@@ -197,7 +200,7 @@ def test_usps_h5_release_is_its_own_suite(tmp_path):
     assert len(data) == N_USPS["test"]
     assert data.labels.tolist() == (np.arange(N_USPS["test"])[::-1] % 10).tolist()
     batch = data.images[torch.arange(len(data))]
-    assert batch.shape == (N_USPS["test"], 3, 32, 32) and 0 <= batch.min() and batch.max() <= 1
+    assert batch.shape == (N_USPS["test"], 3, 28, 28) and 0 <= batch.min() and batch.max() <= 1
     assert suite.fingerprint().startswith("mnist=files;usps=files;sha256=")
     assert suite.fingerprint() != fixture_suite(MnistUsps, write_usps(tmp_path).parent
                                                 ).fingerprint()
@@ -354,8 +357,10 @@ def test_real_mnist_files_pass_checksums_and_read_whole():
     assert torch.equal(batch[:, 0], batch[:, 2])  # grey, replicated
     train = suite.load("mnist", "train")
     assert len(train) == 60_000 and train.labels.min() == 0 and train.labels.max() == 9
-    # Source checkpoints are shared with mnist-usps: same MNIST files, same preprocessing.
-    assert MnistUsps(root=REAL_DATA).source_fingerprint() == suite.source_fingerprint()
+    # Source checkpoints are shared by the two USPS releases: same MNIST files, same
+    # preprocessing (28x28); mnist-svhn resizes MNIST to 32x32, so not with it.
+    usps = MnistUsps(root=REAL_DATA).source_fingerprint()
+    assert MnistUspsH5(root=REAL_DATA).source_fingerprint() == usps != suite.source_fingerprint()
 
 
 # ---- end to end on fixtures ---------------------------------------------------------------
@@ -377,6 +382,100 @@ def test_runner_trains_and_scores_fixture_mnist_svhn(tmp_path):
     assert (summary.done, summary.failed) == (4, 0), summary.failures
     cells = (tmp_path / "L" / "tiny-mnist-svhn-cells.csv").read_text()
     assert "mnist=files;svhn=files;sha256=" in cells
+
+
+@pytest.mark.slow
+def test_test_time_run_needs_only_the_targets_test_files(tmp_path):
+    write_mnist(tmp_path / "data")
+    folder = write_usps(tmp_path / "data")
+    md5 = {**content_md5s(tmp_path / "data" / "MNIST" / "raw"), **content_md5s(folder)}
+    train_file = (folder / "usps.bz2").read_bytes()
+    (folder / "usps.bz2").unlink()
+    cls = with_fixture_checksums(MnistUsps, md5)
+    cls.recipe = dataclasses.replace(MnistUsps.recipe, epochs=1, batch_size=8)  # LeNet, SHOT's
+    if "tiny-mnist-usps" not in SUITES:
+        SUITES.register("tiny-mnist-usps")(cls)
+    suite = cls(root=tmp_path / "data")
+    assert len(suite.load("usps", "test")) == N_USPS["test"]
+    with pytest.raises(DatasetNotFoundError, match=r"usps train split.*usps\.bz2"):
+        suite.load("usps", "train")
+    before = suite.fingerprint()
+    config = RunConfig(suite="tiny-mnist-usps", adapters=[AdapterSpec("source"),
+                                                         AdapterSpec("adabn")],
+                       seeds=[0], results=tmp_path / "R", leaderboards=tmp_path / "L",
+                       data_root=tmp_path / "data", progress=False)
+    summary = Runner(config).run()
+    assert (summary.done, summary.failed) == (4, 0), summary.failures
+    # a domain-adaptation adapter needs the target's train split: a failed cell naming it
+    config.adapters = [AdapterSpec("dsbn")]
+    summary = Runner(config).run()
+    assert summary.done == 0 and summary.failed > 0
+    assert all("usps.bz2" in f for f in summary.failures), summary.failures
+    # adding the train file later leaves the test-time cells valid: nothing re-runs
+    (folder / "usps.bz2").write_bytes(train_file)
+    assert cls(root=tmp_path / "data").fingerprint() == before
+    config.adapters = [AdapterSpec("source"), AdapterSpec("adabn")]
+    summary = Runner(config).run()
+    assert (summary.done, summary.skipped) == (0, 4)
+
+
+# ---- the literature's source models ------------------------------------------------------
+def test_digit_networks_have_shots_layouts():
+    # parameter counts of SHOT's LeNet and DTN with its 256-d head, counted by hand:
+    # convs (weights + biases), BN (gamma, beta), bottleneck, weight-normed classifier (v, g, b)
+    head = (256 * 2) + (256 * 10 + 10 + 10)
+    lenet = (1 * 20 * 25 + 20) + (20 * 50 * 25 + 50) + (800 * 256 + 256) + head
+    dtn = ((3 * 64 * 25 + 64) + 128 + (64 * 128 * 25 + 128) + 256 + (128 * 256 * 25 + 256)
+           + 512 + (4096 * 256 + 256) + head)
+    for arch, size, expected in (("lenet", 28, lenet), ("dtn", 32, dtn)):
+        model = create_model(arch, 10)
+        assert sum(p.numel() for p in model.parameters()) == expected, arch
+        x = torch.rand(4, 3, size, size)
+        assert model(x).shape == (4, 10)
+        # inputs arrive in [0, 1]; the network standardizes them itself
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        seen: list[torch.Tensor] = []
+        first.register_forward_pre_hook(lambda _m, inputs, seen=seen: seen.append(inputs[0]))
+        model(torch.ones(2, 3, size, size))
+        assert torch.equal(seen[0], torch.ones_like(seen[0]))  # (1 - 0.5) / 0.5
+    assert MnistUsps.recipe.arch == "lenet" and MnistUsps.size == 28
+    assert MnistSvhn.recipe.arch == "dtn" and MnistSvhn.size == 32
+
+
+def test_weight_norm_classifier_computes_g_v_over_norm_and_pickles():
+    import pickle
+
+    layer = WeightNormLinear(6, 3)
+    with torch.no_grad():
+        layer.weight_g.mul_(torch.tensor([[2.0], [0.5], [1.0]]))
+    v, g = layer.weight_v.detach(), layer.weight_g.detach()
+    expected = g * v / torch.sqrt((v ** 2).sum(1, keepdim=True))
+    x = torch.randn(5, 6)
+    assert torch.allclose(layer(x), x @ expected.T + layer.bias, atol=1e-6)
+    layer(x).sum().backward()
+    assert layer.weight_v.grad is not None and layer.weight_g.grad is not None
+    copy = pickle.loads(pickle.dumps(layer))
+    assert torch.equal(copy(x), layer(x))
+
+
+def test_shot_recipe_schedule_and_smoothing():
+    recipe = MnistUsps.recipe
+    assert (recipe.lr, recipe.batch_size, recipe.epochs, recipe.schedule,
+            recipe.label_smoothing, recipe.weight_decay) == (0.01, 64, 30, "inv", 0.1, 1e-3)
+    # recipes without the later field keep the identity they had (checkpoints stay valid)
+    assert "label_smoothing" not in Recipe(arch="small_resnet", epochs=1, batch_size=8,
+                                           lr=0.1).as_dict()
+    assert recipe.as_dict()["label_smoothing"] == 0.1
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = _scheduler(optimizer, "inv", total=100)
+    seen = []
+    for _ in range(100):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.01 * (1 + 10 * s / 100) ** -0.75 for s in range(1, 101)]
+    assert seen == pytest.approx(expected, rel=1e-12)
 
 
 # ---- digits-sv ----------------------------------------------------------------------------

@@ -29,6 +29,25 @@ def test_accuracy_and_entropy_match_direct_computation():
     assert result["n"] == 50
 
 
+def test_collapse_is_one_class_for_most_predictions_beyond_its_share_of_labels():
+    def result(predicted: list[int], labels: list[int]) -> dict[str, float]:
+        metric = Accuracy(10)
+        metric.update(torch.nn.functional.one_hot(torch.tensor(predicted), 10).float(),
+                      torch.tensor(labels))
+        return metric.result()
+
+    balanced = list(range(10)) * 10
+    stuck = result([3] * 95 + list(range(5)), balanced)  # one class for 95% of images
+    assert stuck["top_class_share"] == pytest.approx(96.0) and stuck["collapsed"] == 1.0
+    assert result(balanced, balanced)["collapsed"] == 0.0
+    others = [c for c in balanced if c != 3]
+    assert result([3] * 49 + others[:51], balanced)["collapsed"] == 0.0  # under one half
+    assert result([3] * 50 + others[:50], balanced)["collapsed"] == 1.0
+    # a target whose labels are mostly one class: predicting it is not a collapse
+    mostly_three = [3] * 80 + list(range(10)) * 2
+    assert result(mostly_three, mostly_three)["collapsed"] == 0.0
+
+
 def test_ece_matches_a_direct_binning():
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.1, 1.0, 1000)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import ShiftbenchError
+from benchmark.layers.digit_nets import DTN, LeNet
 
 
 class BasicBlock(nn.Module):
@@ -381,6 +382,8 @@ def _require_backbone_file(path: Path) -> None:
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "small_resnet": SmallResNet,
+    "lenet": LeNet,
+    "dtn": DTN,
     "small_segnet": SmallSegNet,
     "deeplabv3_resnet50": DeepLabV3ResNet50,
     "wide_resnet": WideResNet,

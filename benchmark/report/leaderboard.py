@@ -7,6 +7,11 @@
 - ``std``: sample standard deviation (ddof=1) over seeds of the per-seed mean over targets.
 - ``ci95``: half-width of the 95% confidence interval of the mean over seeds,
   t-distribution with seeds-1 degrees of freedom (empty for one seed).
+- ``worst_seed``: the lowest per-seed mean over targets, so one bad seed shows even when the
+  mean and its interval look ordinary.
+- ``collapsed`` (classification): how many seeds have a target cell where the model answers
+  nearly one class: one class takes at least half of the predictions and at least twice its
+  share of the labels (the cell's ``collapsed`` metric, benchmark.metrics.Accuracy).
 - one column per target domain (mean over seeds), and ``src:<domain>`` for the source
   domain's own test split (not part of ``score``).
 - ``adapt_s``: mean wall seconds per target cell spent in the adapter (attach, adapt,
@@ -210,10 +215,12 @@ def board_frame(
     for (adapter, protocol, batch_size), group in cells.groupby(ROW_KEY, sort=True):
         done = group[group.status == "done"]
         tgt = done[done.role == "target"]
-        per_seed = []
+        per_seed, collapsed_seeds = [], 0
         for _, seed_cells in tgt.groupby("seed"):
             if set(seed_cells.domain) == set(targets):
                 per_seed.append(seed_cells.score.mean())
+                if "collapsed" in seed_cells:
+                    collapsed_seeds += bool(seed_cells.collapsed.eq(1).any())
         score, std, ci95 = mean_std_ci95(per_seed)
         n_failed = int((group.status == "failed").sum())
         seeds_seen = group.seed.nunique()
@@ -228,6 +235,8 @@ def board_frame(
             "adapter": adapter, "protocol": protocol, "batch_size": int(batch_size),
             "setting": group.setting.iloc[0], "metric": suite.metric,
             "score": score, "std": std, "ci95": ci95, "seeds": len(per_seed),
+            "worst_seed": min(per_seed, default=math.nan),
+            **({"collapsed": collapsed_seeds} if calibration else {}),
             # calibration of the same predictions: mean over target cells (classification)
             **({"ece": tgt.ece.mean(), "entropy": tgt.entropy.mean()} if calibration else {}),
             **{t: tgt[tgt.domain == t].score.mean() for t in targets},
@@ -270,14 +279,15 @@ def board_frame(
         detail = [c for c in board.columns
                   if c == "mean_error" or c.startswith(("mCE", "c:", "s:"))]
     columns = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score",
-               "std", "ci95", "seeds", *(["ece", "entropy"] if calibration else []), *detail,
+               "std", "ci95", "seeds", "worst_seed", *(["collapsed"] if calibration else []),
+               *(["ece", "entropy"] if calibration else []), *detail,
                src_col, "adapt_s", "img_per_s", "peak_mb", "status", "isolation",
                *[c for c in ("adapted", "cost_ratio") if c in board.columns]]
     return board[columns].reset_index(drop=True)
 
 
-_DECIMALS = {"score": 2, "std": 2, "ci95": 2, "adapt_s": 3, "img_per_s": 1, "peak_mb": 0,
-             "ece": 2, "entropy": 4, "adapted": 3, "cost_ratio": 2}
+_DECIMALS = {"score": 2, "std": 2, "ci95": 2, "worst_seed": 2, "adapt_s": 3, "img_per_s": 1,
+             "peak_mb": 0, "ece": 2, "entropy": 4, "adapted": 3, "cost_ratio": 2}
 
 
 def _rounded(frame: pd.DataFrame, suite: Suite) -> pd.DataFrame:

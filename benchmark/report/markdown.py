@@ -29,11 +29,12 @@ METRIC_TEXT = {
     "miou": "mean intersection over union over classes (%), higher is better",
 }
 # decimals as in the CSV (benchmark.report.leaderboard rounds the same way)
-DECIMALS = {"score": 2, "std": 2, "ci95": 2, "adapt_s": 3, "img_per_s": 1, "peak_mb": 0}
+DECIMALS = {"score": 2, "std": 2, "ci95": 2, "worst_seed": 2, "adapt_s": 3, "img_per_s": 1,
+            "peak_mb": 0}
 COST_HEADERS = {"adapt_s": "adapt s", "img_per_s": "img/s", "peak_mb": "peak MB"}
 MAX_INLINE_DETAIL = 8  # more per-target columns than this go to a second table
 FIXED = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score", "std", "ci95",
-         "seeds", "adapt_s", "img_per_s", "peak_mb", "status"]
+         "seeds", "worst_seed", "collapsed", "adapt_s", "img_per_s", "peak_mb", "status"]
 
 
 def load_reported(path: Path = REPORTED_CSV) -> pd.DataFrame:
@@ -89,7 +90,11 @@ def _header(suite: Suite, board: pd.DataFrame, csv_name: str) -> list[str]:
         "per-cell score; a seed counts only when all its target cells finished.",
         "- **± ci95** = t(0.975, n−1) · std / √n, the half-width of the 95% confidence interval "
         "of the mean over seeds; **std** = sample standard deviation (ddof = 1) over seeds of "
-        "the per-seed mean over targets. Empty for one seed.",
+        "the per-seed mean over targets. Empty for one seed. **worst seed** = the lowest "
+        "per-seed mean.",
+        *(["- **collapsed** = seeds with a target cell where one class takes at least half of "
+           "the predictions and at least twice its share of the labels (a model answering "
+           "nearly one class)."] if suite.metric == "accuracy" else []),
         f"- **Per-target columns**: mean over seeds; `src:{suite.source}` is the source domain's "
         "own test split (not part of score).",
         "- **Cost**: `adapt s` = mean wall seconds per target cell spent in the adapter "
@@ -147,7 +152,10 @@ def render(
         detail = targets + extra  # per-target columns, src:<source>, other per-row metrics
         inline = len(detail) <= MAX_INLINE_DETAIL
         header = ["rank", "adapter", "protocol", "setting", "batch", "score ± ci95", "std",
-                  "seeds"]
+                  "seeds", "worst seed"]
+        collapse = "collapsed" in board.columns
+        if collapse:
+            header.append("collapsed")
         if inline:
             header += detail
         header += [COST_HEADERS[c] for c in COST_HEADERS if c in board.columns] + ["status"]
@@ -158,7 +166,9 @@ def render(
                 score += f" ± {_cell(r['ci95'], 2)}"
             row = [_cell(r["rank"]), _cell(r["adapter"]), _cell(r["protocol"]),
                    _cell(r["setting"]), _cell(r["batch_size"]), score, _cell(r["std"], 2),
-                   _cell(r["seeds"])]
+                   _cell(r["seeds"]), _cell(r["worst_seed"], 2)]
+            if collapse:
+                row.append(_cell(r["collapsed"]))
             details = [_cell(r[c], DECIMALS.get(c, 2)) for c in detail]
             if inline:
                 row += details
