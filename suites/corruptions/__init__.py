@@ -18,7 +18,15 @@ not pixel for pixel.
 1/255 (the script reads 8-bit images), and outputs are cast like its ``np.uint8(...)``, which
 truncates (about -0.5/255 mean bias). Steps inside a corruption that the script performs in
 8 bits (PIL resizing and JPEG, ImageMagick's PNG output, glass blur's and spatter's uint8
-casts) are always 8-bit.
+casts) are always 8-bit; ImageMagick truncates too (motion blur, snow).
+
+Where many results are whole 8-bit levels up to float error (brightness and saturate: an
+HSV round trip; defocus blur: flat regions under a kernel summing to 1 +- 1e-8), the side
+of the level a value truncates to depends on the exact float64 roundings. These three are
+computed in float64 with the script's operations in its order (skimage's HSV formulas,
+OpenCV's float32 kernel bit for bit) and truncated exactly: they equal the script's output
+value for value. The others run in float32 (a small epsilon before the truncation keeps
+on-grid values on the grid).
 
 Every corruption function receives a private, contiguous float32 copy of the batch and may
 work on it in place; tables that depend only on the image size and severity (resampling
@@ -95,6 +103,9 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int,
     if quantize:
         x = x.mul_(255).round_().div_(255)
     out = _FUNCTIONS[name](x, severity, gen).clamp_(0, 1)  # always a tensor of our own
-    if quantize:  # np.uint8(...) truncates; the epsilon keeps on-grid values on the grid
+    if quantize and out.dtype == torch.float64:
+        # computed as the script computes it (float64, same operations): truncate exactly
+        out = out.mul_(255).floor_().div_(255)
+    elif quantize:  # np.uint8(...) truncates; the epsilon keeps on-grid values on the grid
         out = out.mul_(255).add_(1e-4).floor_().div_(255)
     return out.to(images.dtype)

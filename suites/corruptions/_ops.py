@@ -286,11 +286,6 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angle_deg: torch.T
     return out.index_select(0, torch.argsort(order))
 
 
-def round_u8(x: torch.Tensor) -> torch.Tensor:
-    """An 8-bit image file round trip (PNG through ImageMagick): round to 1/255, in place."""
-    return x.clamp_(0, 1).mul_(255).round_().div_(255)
-
-
 def truncate_u8(x: torch.Tensor) -> torch.Tensor:
     """``np.uint8(x * 255) / 255`` for x in [0, 1]: the script's truncating cast, in place.
     The small epsilon keeps values already on the 1/255 grid there despite float32
@@ -306,3 +301,42 @@ def mask_of(comparison, a: torch.Tensor, b) -> torch.Tensor:
     out = torch.empty(torch.broadcast_shapes(a.shape, torch.as_tensor(b).shape),
                       dtype=a.dtype, device=a.device)
     return comparison(a, b, out=out)
+
+
+def script_input_f64(x: torch.Tensor) -> torch.Tensor:
+    """The script's ``np.array(img) / 255.``: the 8-bit levels of ``x`` divided in float64."""
+    return x.mul(255).round_().to(torch.float64).div_(255)
+
+
+def skimage_rgb2hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """skimage.color.rgb2hsv on (N, 3, H, W), operation for operation (same order, same
+    float64 roundings), so values that land on an 8-bit boundary land on the same side."""
+    r, g, b = rgb.unbind(1)
+    value = rgb.amax(1)
+    delta = value - rgb.amin(1)  # np.ptp: max - min
+    flat = delta == 0
+    safe = torch.where(flat, torch.ones_like(delta), delta)
+    saturation = torch.where(flat, torch.zeros_like(delta),
+                             delta / torch.where(value == 0, torch.ones_like(value), value))
+    hue = torch.zeros_like(value)  # later assignments win, as in skimage: blue > green > red
+    hue = torch.where(r == value, (g - b) / safe, hue)
+    hue = torch.where(g == value, 2.0 + (b - r) / safe, hue)
+    hue = torch.where(b == value, 4.0 + (r - g) / safe, hue)
+    hue = torch.remainder(hue / 6.0, 1.0)  # numpy's %, the same for a divisor of 1
+    hue = torch.where(flat, torch.zeros_like(hue), hue)
+    return torch.stack([hue, saturation, value], 1)
+
+
+def skimage_hsv2rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """skimage.color.hsv2rgb on (N, 3, H, W), operation for operation."""
+    h, s, v = hsv.unbind(1)
+    hi = torch.floor(h * 6)
+    f = h * 6 - hi
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    sector = hi.to(torch.int64).remainder(6)  # skimage: astype(uint8) % 6
+    choices = torch.stack([torch.stack(c, 1) for c in
+                           ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    index = sector[None, :, None].expand(1, -1, 3, -1, -1)
+    return choices.gather(0, index)[0]

@@ -27,34 +27,24 @@ SATURATE = ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2))  # HSV saturatio
 
 
 def brightness(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """skimage's HSV round trip with V + c (clipped to 1). With hue and saturation fixed,
-    every channel is V times a factor of (H, S), so the round trip is a rescaling by
-    V' / V; black (V = 0, saturation 0) becomes grey c."""
-    value = x.amax(1, keepdim=True)
-    lifted = (value + BRIGHTNESS[severity - 1]).clamp(max=1)
-    black = _ops.mask_of(torch.le, value, 0).mul_(lifted)  # x is 0 there: x * factor + c
-    return x.mul_(lifted / value.clamp(min=1e-12)).add_(black)
+    """skimage's HSV round trip with V + c (clipped to 1), in float64 and in skimage's
+    order of operations: the script truncates the result to 8 bits, and many results are
+    whole levels up to float error, so only the script's own arithmetic puts them on the
+    same side of the level (see ``corrupt``: float64 results are truncated exactly)."""
+    hsv = _ops.skimage_rgb2hsv(_ops.script_input_f64(x))
+    hsv[:, 2] = (hsv[:, 2] + BRIGHTNESS[severity - 1]).clamp_(0, 1)
+    return _ops.skimage_hsv2rgb(hsv)
 
 
 def saturate(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     """skimage's HSV round trip with S * a + b (clipped to [0, 1]): *0.3 and *0.1
-    (desaturate) at severities 1-2, then *1.5, *2+0.1, *2.5+0.2 (oversaturate).
-
-    With hue and value fixed, each channel is V * (1 - S * k) with k set by the hue alone,
-    so a channel moves to V - (V - channel) * S' / S. skimage gives greys (S = 0) hue 0,
-    i.e. red: a grey becomes (V, V(1 - S'), V(1 - S')), so the +0.1/+0.2 offsets tint grey
-    pixels red, as in the release."""
+    (desaturate) at severities 1-2, then *1.5, *2+0.1, *2.5+0.2 (oversaturate). skimage
+    gives greys (S = 0) hue 0, i.e. red, so the +0.1/+0.2 offsets tint grey pixels red, as
+    in the release. In float64, in skimage's order of operations (see ``brightness``)."""
     a, b = SATURATE[severity - 1]
-    value = x.amax(1, keepdim=True)
-    delta = value - x.amin(1, keepdim=True)
-    saturation = delta / value.clamp(min=1e-12)
-    new = (saturation * a + b).clamp(0, 1)
-    # coloured: value - (value - x) * S' / S, in place (-x + v is v - x exactly)
-    x = x.neg_().add_(value).mul_(new / saturation.clamp(min=1e-12)).neg_().add_(value)
-    # grey pixels came out as value (their value - x is 0); green and blue get V (1 - S')
-    grey = _ops.mask_of(torch.le, delta, 0)
-    x[:, 1:].mul_(1 - grey).add_(grey.mul_(value * (1 - new)))
-    return x
+    hsv = _ops.skimage_rgb2hsv(_ops.script_input_f64(x))
+    hsv[:, 1] = (hsv[:, 1] * a + b).clamp_(0, 1)
+    return _ops.skimage_hsv2rgb(hsv)
 
 
 def contrast(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:

@@ -46,7 +46,7 @@ def snow(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
         flakes = _ops.clipped_zoom(flakes, zoom)
     flakes = _ops.truncate_u8(flakes.mul_(_ops.mask_of(torch.ge, flakes, threshold)))
     angle = torch.rand(n, generator=gen, device=x.device, dtype=torch.float64) * 90 - 135
-    flakes = _ops.round_u8(_ops.motion_blur(flakes, radius, sigma, angle))
+    flakes = _ops.truncate_u8(_ops.motion_blur(flakes, radius, sigma, angle))  # as blur.py
     lighter = torch.maximum(x, _grey(x).mul_(1.5).add_(0.5)).mul_(1 - blend)
     return x.mul_(blend).add_(lighter).add_(flakes).add_(flakes.flip(-1, -2))
 
