@@ -126,6 +126,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-checkpoint", type=Path, default=None, metavar="FILE",
                    help="use these source-model weights (safetensors, or a torch.save state "
                         "dict) instead of training; test-time adapters only")
+    p.add_argument("--source-model", default=None, metavar="LIBRARY:NAME",
+                   help="a published pretrained source model from the library's cache, e.g. "
+                        "torchvision:resnet50.IMAGENET1K_V1 or timm:resnet50.a1_in1k (no "
+                        "download during a run); test-time adapters only")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                    help="parallel worker processes (local launcher) or Ray CPUs (default: "
                         f"{DEFAULT_WORKERS}, the cores here, at most 2; results do not "
@@ -274,11 +278,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(
         suite=args.suite,
         adapters=resolve_adapters(args.adapters, args.suite,
-                                  test_time_only=args.source_checkpoint is not None),
+                                  test_time_only=args.source_checkpoint is not None
+                                  or args.source_model is not None),
         seeds=args.seeds, protocols=args.protocols, batch_sizes=args.batch_sizes,
         targets=args.targets, results=args.results, leaderboards=args.leaderboards,
         device=args.device, data_root=args.data_root, download=args.download,
-        source_checkpoint=args.source_checkpoint, progress=not args.quiet,
+        source_checkpoint=args.source_checkpoint, source_model=args.source_model,
+        progress=not args.quiet,
         workers=args.workers, threads=args.threads, launcher=args.launcher,
         ray_address=args.ray_address, isolation=args.isolation,
         cell_timeout=args.cell_timeout,

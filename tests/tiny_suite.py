@@ -22,6 +22,14 @@ class TinyDigits(Digits):
     recipe = replace(Digits.recipe, epochs=4)
 
 
+@SUITES.register("tiny-digits-1000")
+class TinyDigits1000(TinyDigits):
+    """Test-only: the digits data scored with 1000 classes (labels stay 0-9), the class
+    count of ImageNet models given with --source-model."""
+
+    num_classes = 1000
+
+
 def is_photo_domain(x: torch.Tensor) -> bool:
     """Clean digits have large exact-zero backgrounds; photo blends almost never do."""
     return (x == 0).float().mean().item() < 0.1

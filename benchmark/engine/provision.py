@@ -2,7 +2,8 @@
 
 From memory, from the checkpoint store (verified against the sha256 recorded when it was
 written; a mismatch is reported in one line and the model retrained), from the user's
-``--source-checkpoint`` file, or trained now and stored. The plain source model (no adapter
+``--source-checkpoint`` file, from a published model named with ``--source-model``
+(benchmark.source_models), or trained now and stored. The plain source model (no adapter
 hook involved) trains in the runner's process; a model trained with an adapter's hooks
 (``prepare``, ``extra_loss``, ``target_loss``, ...) trains in an adapter process, which
 gets the labelled *source* training split and, for ``da``, the target's training images
@@ -36,6 +37,7 @@ class Provisioner:
     threads: int
     progress: bool = True
     user_checkpoint: Path | None = None
+    source_model: Any = None  # benchmark.source_models.SourceModel: a published model
 
     def __post_init__(self) -> None:
         self._states: dict[str, tuple[State, dict[str, Any]]] = {}
@@ -63,6 +65,12 @@ class Provisioner:
                 state, digest = self.user_weights()
                 info = {"key": key, "trained_now": False, "file": str(self.user_checkpoint),
                         "sha256": digest}
+            elif self.source_model is not None:
+                state = self.source_model.state()
+                info = {"key": key, "trained_now": False,
+                        "source_model": self.source_model.text,
+                        "file": str(self.source_model.weights_file()),
+                        "sha256": self.source_model.identity()["weights_sha256"]}
             else:
                 # One process trains, concurrent ones wait and then load its file.
                 with self.store.lock(self.store.checkpoint_path(key)):

@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.engine.evaluate import (
@@ -50,6 +51,7 @@ from benchmark.errors import ShiftbenchError
 from benchmark.provenance import describe_device, helper_files, versions
 from benchmark.registry import ADAPTERS, SUITES
 from benchmark.report import leaderboard
+from benchmark.source_models import SourceModel
 from benchmark.specs import AdapterSpec
 from benchmark.store import ResultStore, stable_hash
 from benchmark.suite import Suite
@@ -72,6 +74,7 @@ class RunConfig:
     data_root: Path | None = None
     download: bool = False
     source_checkpoint: Path | None = None  # the user's trained source weights
+    source_model: str | None = None  # a published pretrained model (benchmark.source_models)
     progress: bool = True
     workers: int = 1
     threads: int = 1  # torch intra-op threads per job (see Runner.__init__)
@@ -222,6 +225,7 @@ class Runner:
         tune_allocator()  # as in the adapter processes: every mode computes at one speed
         self.suite: Suite = suite if suite is not None else SUITES.get(config.suite)(
             root=config.data_root, download=config.download)
+        self.source_model = self._named_source_model(config)
         self.store = ResultStore(config.results)
         self.targets = self._select_targets(config.targets)
         hidden = [config.results, config.leaderboards]
@@ -253,18 +257,40 @@ class Runner:
                         "(setting da), so it has one model per target; the continual and mixed "
                         "protocols run one model across targets -- use episodic or noniid"
                     )
-                if config.source_checkpoint is not None and info.changes_training:
+                fixed = ("--source-checkpoint" if config.source_checkpoint is not None else
+                         "--source-model" if config.source_model is not None else None)
+                if fixed is not None and info.changes_training:
                     raise ShiftbenchError(
-                        f"adapter {info.label!r} changes training, but --source-checkpoint "
-                        "provides a plain source model; run it without --source-checkpoint"
+                        f"adapter {info.label!r} changes training, but {fixed} provides a "
+                        f"plain source model; run it without {fixed}"
                     )
         except BaseException:
             self.process.close()  # stop the adapter process before reporting the error
             raise
         self.provisioner = Provisioner(self.suite, self.store, self.process, self.imports,
                                        self.device, config.threads, config.progress,
-                                       config.source_checkpoint)
+                                       config.source_checkpoint, self.source_model)
         self._target_digests: dict[str, str] = {}
+
+    def _named_source_model(self, config: RunConfig) -> SourceModel | None:
+        if config.source_model is None:
+            return None
+        if config.source_checkpoint is not None:
+            raise ShiftbenchError("give --source-checkpoint or --source-model, not both")
+        named = SourceModel.parse(config.source_model)
+        classes = named.num_classes()  # loads it: a missing file stops the run here
+        if classes != self.suite.num_classes:
+            raise ShiftbenchError(
+                f"--source-model {named.text} predicts {classes} classes; suite "
+                f"{self.suite.name!r} has {self.suite.num_classes}")
+        return named
+
+    def build_model(self) -> nn.Module:
+        """The model a job starts from, before its weights are loaded: the suite's
+        architecture, or the named pretrained model."""
+        if self.source_model is not None:
+            return self.source_model.build()
+        return self.suite.build_model()
 
     def _describe(self, specs: list[AdapterSpec]) -> dict[AdapterSpec, AdapterInfo]:
         """Each adapter configuration described (in an adapter process; the project's
@@ -274,7 +300,7 @@ class Runner:
         infos: dict[AdapterSpec, AdapterInfo] = {}
         for spec in dict.fromkeys(specs):
             seed_everything(0)
-            task = DescribeTask(spec, self.imports, self.suite.build_model(),
+            task = DescribeTask(spec, self.imports, self.build_model(),
                                 self.suite.task, self.suite.num_classes)
             # the project's own adapters are described here (no wait for the adapter
             # process to start); any other code only in an adapter process
@@ -340,6 +366,8 @@ class Runner:
         if self.config.source_checkpoint is not None:
             return {"user_weights": self.provisioner.user_weights()[1],
                     "architecture": info.architecture}
+        if self.source_model is not None:
+            return {**self.source_model.identity(), "architecture": info.architecture}
         identity: dict[str, Any] = {
             "source_data": self.suite.source_fingerprint(),
             "num_classes": self.suite.num_classes,
@@ -547,7 +575,7 @@ class Runner:
                                  info.source_images, job.seed, job.batch_size,
                                  {"role": "source", "domain": self.suite.source})
         seed_everything(job.seed)
-        model = self.suite.build_model()
+        model = self.build_model()
         task = AdapterTask(spec=job.spec, imports=self.imports, model=model,
                            rng_state=torch.get_rng_state(), state=state,
                            device=str(self.device), threads=self.config.threads,

@@ -1,0 +1,150 @@
+"""Pretrained source models by name: the public checkpoints test-time adaptation papers use.
+
+``--source-model LIBRARY:NAME`` replaces the suite's trained source model by a published one:
+
+- ``torchvision:<weights>``, e.g. ``torchvision:resnet50.IMAGENET1K_V1`` (the ResNet-50 that
+  ImageNet-C results in the TTA literature start from). The file is read from torch hub's
+  cache, ``$TORCH_HOME/hub/checkpoints/`` (default ``~/.cache/torch``), where torchvision
+  itself caches it.
+- ``timm:<model>[.<tag>]``, e.g. ``timm:resnet50.a1_in1k``, from the Hugging Face hub cache
+  where timm caches it (``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``); needs the
+  ``timm`` extra.
+
+Nothing is downloaded during a run: when the weights are not in the cache, the run stops
+before any cell with one line saying what to download and where. The model is wrapped to
+take the suite's [0, 1] images and standardize them with the weights' own mean and std.
+Its identity -- the name and the sha256 of the weights file -- is part of every cell's key.
+Only test-time adapters apply (the model is not retrained), as with ``--source-checkpoint``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.errors import ShiftbenchError
+from benchmark.store import file_sha256
+
+LIBRARIES = ("torchvision", "timm")
+
+
+class Standardized(nn.Module):
+    """A pretrained classifier that takes [0, 1] images: (x - mean) / std, then the model."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]
+                 ) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+@dataclass
+class SourceModel:
+    """A named pretrained model (see the module docstring)."""
+
+    library: str
+    name: str
+    _loaded: tuple[nn.Module, Path] | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> SourceModel:
+        library, sep, name = text.partition(":")
+        if not sep or not name or library not in LIBRARIES:
+            raise ShiftbenchError(
+                f"--source-model {text!r}: expected LIBRARY:NAME with LIBRARY one of "
+                f"{', '.join(LIBRARIES)}, e.g. torchvision:resnet50.IMAGENET1K_V1 or "
+                "timm:resnet50.a1_in1k")
+        return cls(library, name)
+
+    @property
+    def text(self) -> str:
+        return f"{self.library}:{self.name}"
+
+    def _load(self) -> tuple[nn.Module, Path]:
+        if self._loaded is None:
+            loader = _load_torchvision if self.library == "torchvision" else _load_timm
+            self._loaded = loader(self.name)
+        return self._loaded
+
+    def build(self) -> nn.Module:
+        """A fresh copy of the model with its pretrained weights, in eval mode."""
+        return copy.deepcopy(self._load()[0])
+
+    def state(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self._load()[0].state_dict().items()}
+
+    def identity(self) -> dict[str, Any]:
+        path = self._load()[1]
+        return {"source_model": self.text, "weights_sha256": file_sha256(path)}
+
+    def weights_file(self) -> Path:
+        return self._load()[1]
+
+    def num_classes(self) -> int:
+        from benchmark.layers.tta import classifier_head
+
+        return classifier_head(self._load()[0]).out_features
+
+
+def _load_torchvision(name: str) -> tuple[nn.Module, Path]:
+    import torchvision
+    from torch.hub import get_dir
+
+    architecture, _, tag = name.partition(".")
+    try:  # "resnet50.IMAGENET1K_V1": an architecture and one of its weights
+        weights = torchvision.models.get_model_weights(architecture)[tag]
+    except (KeyError, ValueError):
+        raise ShiftbenchError(
+            f"torchvision has no weights {name!r}; names look like resnet50.IMAGENET1K_V1 "
+            "(an architecture of torchvision.models.list_models() and a member of its "
+            "get_model_weights)") from None
+    path = Path(get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not path.is_file():
+        raise ShiftbenchError(
+            f"the weights of torchvision:{name} are not in torch hub's cache: download "
+            f"{weights.url} to {path} (or run torchvision.models.get_model once with network)")
+    # the file is in the cache, so torchvision reads it from there (no download)
+    model = torchvision.models.get_model(architecture, weights=weights)
+    transforms = weights.transforms()
+    return Standardized(model, tuple(transforms.mean), tuple(transforms.std)).eval(), path
+
+
+def _load_timm(name: str) -> tuple[nn.Module, Path]:
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        raise ShiftbenchError("--source-model timm:... needs timm: pip install -e '.[timm]'"
+                              ) from None
+    if not timm.is_model(name):
+        raise ShiftbenchError(f"timm has no model {name!r} (timm.list_models lists them)")
+    config = timm.models.get_pretrained_cfg(name)
+    repo = getattr(config, "hf_hub_id", None) if config is not None else None
+    if not repo:
+        raise ShiftbenchError(f"timm:{name} has no Hugging Face weights; name a model with a "
+                              "pretrained tag, e.g. resnet50.a1_in1k")
+    found = None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        hit = try_to_load_from_cache(repo, filename)
+        if isinstance(hit, str):
+            found = Path(hit)
+            break
+    if found is None:
+        raise ShiftbenchError(
+            f"the weights of timm:{name} are not in the Hugging Face cache: download them "
+            f"with `huggingface-cli download {repo} model.safetensors` (cache: "
+            f"{os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')})")
+    # timm's own loading (its checkpoint filters included) from the cached file: no request
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(found)})
+    cfg = model.pretrained_cfg
+    return Standardized(model, tuple(cfg["mean"]), tuple(cfg["std"])).eval(), found
