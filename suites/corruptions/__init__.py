@@ -21,12 +21,14 @@ truncates (about -0.5/255 mean bias). Steps inside a corruption that the script 
 casts) are always 8-bit; ImageMagick truncates too (motion blur, snow).
 
 Where many results are whole 8-bit levels up to float error (brightness and saturate: an
-HSV round trip; defocus blur: flat regions under a kernel summing to 1 +- 1e-8), the side
-of the level a value truncates to depends on the exact float64 roundings. These three are
-computed in float64 with the script's operations in its order (skimage's HSV formulas,
-OpenCV's float32 kernel bit for bit) and truncated exactly: they equal the script's output
-value for value. The others run in float32 (a small epsilon before the truncation keeps
-on-grid values on the grid).
+HSV round trip; the blurs: flat regions under kernels summing to 1 +- 1e-8), the side of
+the level a value truncates to depends on the exact roundings. ``SCRIPT_EXACT`` corruptions
+are therefore computed with the script's own arithmetic -- its dtype (float64; float32 for
+zoom blur) and its operations in its order (skimage's HSV formulas, OpenCV's float32 disk
+kernel bit for bit, scipy's Gaussian and order-1 zoom loops, NumPy's pairwise mean) -- and
+truncated exactly: they equal the script's output value for value. With pixelate and JPEG
+(8-bit PIL all the way) that is all 8 deterministic corruptions. The random ones run in
+float32 (a small epsilon before the truncation keeps on-grid values on the grid).
 
 Every corruption function receives a private, contiguous float32 copy of the batch and may
 work on it in place; tables that depend only on the image size and severity (resampling
@@ -70,6 +72,12 @@ CORRUPTIONS: tuple[str, ...] = tuple(list(_FUNCTIONS)[:15])
 EXTRA_CORRUPTIONS: tuple[str, ...] = tuple(list(_FUNCTIONS)[15:])
 ALL_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS + EXTRA_CORRUPTIONS
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+# Computed with the script's own arithmetic (dtype and order of operations; brightness,
+# saturate, contrast, defocus and Gaussian blur in float64, zoom blur in float32): their
+# output equals the script's value for value, so it is truncated without the epsilon.
+SCRIPT_EXACT: frozenset[str] = frozenset({
+    "brightness", "saturate", "contrast", "defocus_blur", "gaussian_blur", "zoom_blur",
+})
 # Corruptions that draw no random numbers: equal for every seed.
 DETERMINISTIC: frozenset[str] = frozenset({
     "defocus_blur", "zoom_blur", "gaussian_blur", "brightness", "contrast", "pixelate",
@@ -103,8 +111,8 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int,
     if quantize:
         x = x.mul_(255).round_().div_(255)
     out = _FUNCTIONS[name](x, severity, gen).clamp_(0, 1)  # always a tensor of our own
-    if quantize and out.dtype == torch.float64:
-        # computed as the script computes it (float64, same operations): truncate exactly
+    if quantize and name in SCRIPT_EXACT:
+        # computed as the script computes it (same dtype, same operations): truncate exactly
         out = out.mul_(255).floor_().div_(255)
     elif quantize:  # np.uint8(...) truncates; the epsilon keeps on-grid values on the grid
         out = out.mul_(255).add_(1e-4).floor_().div_(255)

@@ -154,29 +154,6 @@ def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 @functools.cache
-def mean_of_zooms_operator(h: int, w: int, factors: tuple[float, ...]) -> torch.Tensor:
-    """The sparse (h*w, h*w) matrix of ``(x + sum of clipped zooms of x) / (len + 1)`` on
-    row-major flattened images. Each zoom moves an output pixel by bilinear weights of four
-    input pixels, so the matrix has about 4 * len(factors) entries per row, mostly shared."""
-    out_rows = [np.arange(h * w)]
-    in_cols = [np.arange(h * w)]
-    values = [np.ones(h * w)]
-    pixel = np.arange(h * w).reshape(h, w)
-    for factor in factors:
-        rows, row_weights = clipped_zoom_taps(h, factor)
-        cols, col_weights = clipped_zoom_taps(w, factor)
-        for a in range(2):
-            for b in range(2):
-                out_rows.append(pixel.ravel())
-                in_cols.append((rows[:, a, None] * w + cols[None, :, b]).ravel())
-                values.append((row_weights[:, a, None] * col_weights[None, :, b]).ravel())
-    index = torch.from_numpy(np.stack([np.concatenate(out_rows), np.concatenate(in_cols)]))
-    matrix = torch.sparse_coo_tensor(index, torch.from_numpy(np.concatenate(values)),
-                                     (h * w, h * w), check_invariants=True).coalesce()
-    return matrix / (len(factors) + 1)
-
-
-@functools.cache
 def pil_box_resampler(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pillow's BOX resampling of one axis of uint8 data (Resample.c: precompute_coeffs and
     normalize_coeffs_8bpc). Each output pixel averages the k input pixels whose centres fall
@@ -340,3 +317,29 @@ def skimage_hsv2rgb(hsv: torch.Tensor) -> torch.Tensor:
                            ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
     index = sector[None, :, None].expand(1, -1, 3, -1, -1)
     return choices.gather(0, index)[0]
+
+
+@functools.cache
+def scipy_gaussian_taps(sigma: float, truncate: float = 4.0) -> tuple[float, ...]:
+    """scipy.ndimage's 1-D Gaussian weights, computed as scipy computes them (NumPy float64)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    grid = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * grid**2)
+    return tuple((phi / phi.sum()).tolist())
+
+
+def scipy_gaussian_f64(x: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """skimage.filters.gaussian (scipy.ndimage.gaussian_filter, border 'nearest') on float64
+    (N, C, H, W), in scipy's order: rows axis first, then columns, and along each axis its
+    symmetric sum, centre * w0 + (left_j + right_j) * w_j from the farthest j inwards. Equal
+    to skimage bit for bit (values on an 8-bit boundary truncate to the same side)."""
+    taps = scipy_gaussian_taps(sigma, truncate)
+    r = len(taps) // 2
+    for dim in (2, 3):
+        n = x.shape[dim]
+        padded = pad(x, (r, r), (0, 0), "edge") if dim == 2 else pad(x, (0, 0), (r, r), "edge")
+        out = padded.narrow(dim, r, n) * taps[r]
+        for j in range(r, 0, -1):
+            out = out + (padded.narrow(dim, r - j, n) + padded.narrow(dim, r + j, n)) * taps[r + j]
+        x = out
+    return x

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import torch
@@ -95,23 +94,37 @@ def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.T
 
 def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
     """The mean of the image and its clipped zooms by 1.00, 1.01, ... (the script's float
-    aranges): one sparse matrix product with the cached operator."""
-    n, c, h, w = x.shape
-    operator = _zoom_operator(h, w, ZOOM_BLUR[severity - 1], x.device, x.dtype)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        flat = x.reshape(n * c, h * w).T
-        return (operator @ flat).T.reshape(n, c, h, w)
+    aranges), computed as the script computes it: the image in float32, each zoom by
+    scipy.ndimage.zoom (order 1: per output pixel, its four neighbours times the row weight,
+    times the column weight, summed in scipy's order, in float64, stored as float32), the
+    zooms summed in float32 one by one, then divided. Equal to the script bit for bit;
+    ``corrupt`` truncates it in float32 as the script does."""
+    image = _ops.script_input_f64(x).to(torch.float32)
+    data = image.to(torch.float64)
+    h, w = x.shape[-2:]
+    total = torch.zeros_like(image)
+    factors = ZOOM_BLUR[severity - 1]
+    for factor in factors:
+        rows, row_weights = _zoom_taps(h, factor, x.device)
+        cols, col_weights = _zoom_taps(w, factor, x.device)
+        zoomed = None
+        for a in (0, 1):
+            part = data.index_select(2, rows[:, a]) * row_weights[:, a, None]
+            for b in (0, 1):
+                term = part.index_select(3, cols[:, b]) * col_weights[:, b]
+                zoomed = term if zoomed is None else zoomed + term
+        total += zoomed.to(torch.float32)  # type: ignore[union-attr]
+    return (image + total) / (len(factors) + 1)
 
 
 @functools.cache
-def _zoom_operator(h: int, w: int, factors: tuple[float, ...], device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        operator = _ops.mean_of_zooms_operator(h, w, factors)
-        return operator.to(device=device, dtype=dtype).to_sparse_csr()
+def _zoom_taps(n: int, factor: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    source, weights = _ops.clipped_zoom_taps(n, factor)
+    return (torch.from_numpy(source).to(device),
+            torch.from_numpy(weights).to(device=device, dtype=torch.float64))
 
 
 def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    return _ops.gaussian(x, GAUSSIAN_BLUR[severity - 1])
+    """skimage's Gaussian filter in float64, in scipy's order of operations: equal to the
+    script bit for bit (``corrupt`` truncates float64 results exactly)."""
+    return _ops.scipy_gaussian_f64(_ops.script_input_f64(x), GAUSSIAN_BLUR[severity - 1])

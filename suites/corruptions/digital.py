@@ -48,8 +48,15 @@ def saturate(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tens
 
 
 def contrast(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    means = x.mean((2, 3), keepdim=True)  # per image and channel, as the script's axis=(0, 1)
-    return x.sub_(means).mul_(CONTRAST[severity - 1]).add_(means)
+    """(x - mean) * c + mean per image and channel, in float64 as the script computes it;
+    the means are NumPy's (its pairwise summation over each channel plane, which
+    ``np.mean(x, axis=(0, 1))`` equals), so the result equals the script's bit for bit."""
+    x = _ops.script_input_f64(x)
+    n, c, h, w = x.shape
+    planes = x.reshape(n * c, h * w).cpu().numpy()
+    means = torch.from_numpy(np.add.reduce(planes, axis=1) / (h * w)).to(x.device)
+    means = means.view(n, c, 1, 1)
+    return (x - means) * CONTRAST[severity - 1] + means
 
 
 def elastic_transform(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
