@@ -36,8 +36,9 @@ class DigitsC(Digits):
     ``source`` rows of both suites are comparable. Each target is the 599-image test split
     (and, as unlabeled adaptation data, the 1,198-image train split) corrupted by
     ``suites.corruptions.corrupt`` with the CIFAR-10-C (32x32) parameters and a fixed seed
-    per corruption, severity and split. Frost uses procedural textures (see
-    ``suites.corruptions.weather.frost_textures``). Test splits are generated on first use
+    per corruption, severity and split. Frost uses procedural textures, or the release's
+    photos when ``imagecorruptions`` is installed (a different data fingerprint; see
+    ``suites.corruptions.weather.frost_images``). Test splits are generated on first use
     and kept in memory as 8-bit images (the engine's output is on the 1/255 grid; 140 MB for
     all 75); train splits, needed only by domain-adaptation adapters and the data
     fingerprint, are regenerated on request (same seed, same images) to keep memory low.

@@ -333,6 +333,44 @@ def test_frost_rescales_the_image_at_three_to_five():
     assert [c0 for c0, _ in FROST] == [1, 1, 0.9, 0.85, 0.75]
 
 
+def test_frost_uses_the_release_photos_when_a_package_ships_them(batch, tmp_path, monkeypatch):
+    """An installed distribution laid out like imagecorruptions (dist-info + frost/ folder):
+    its photos are read, downscaled by 0.2, cropped, and named in the engine's identity."""
+    from suites._cache import engine_identity
+    from suites.corruptions import weather
+
+    procedural = engine_identity()
+    package = tmp_path / "imagecorruptions" / "frost"
+    package.mkdir(parents=True)
+    info = tmp_path / "imagecorruptions-1.1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: imagecorruptions\n"
+                                   "Version: 1.1.2\n")
+    colours = [(200, 210, 230), (90, 100, 120), (150, 160, 170), (30, 40, 60), (250, 250, 250)]
+    for name, colour in zip(weather.FROST_PHOTOS, colours, strict=True):
+        photo = Image.new("RGB", (400 + 20 * len(name), 300), colour)  # flat: exact after resize
+        photo.save(package / name, quality=100)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weather.frost_images.cache_clear()
+    try:
+        images, source = weather.frost_images()
+        assert source.startswith("photos:") and engine_identity() != procedural
+        assert [tuple(i.shape[-2:]) for i in images] == [(60, 80 + 4 * len(n))
+                                                          for n in weather.FROST_PHOTOS]
+        out = corrupt(batch, "frost", 2, seed=0)
+        # every crop is one of the flat photos: out = image + 0.3 * colour, so the added
+        # colour is one of the five (JPEG may move a flat colour by a level)
+        added = (to_u8(out).astype(float) - to_u8(batch).astype(float))[:, 5, 5] / 0.3
+        unsaturated = (to_u8(out)[:, 5, 5] < 255).all(1)
+        assert unsaturated.sum() >= 3
+        for pixel in added[unsaturated]:
+            assert min(np.abs(pixel - np.array(c)).max() for c in colours) <= 5
+    finally:
+        monkeypatch.undo()
+        weather.frost_images.cache_clear()
+    assert weather.frost_images()[1] == "procedural" and engine_identity() == procedural
+
+
 def test_impulse_noise_flips_channels_independently():
     grey = torch.full((64, 3, 32, 32), 128 / 255)  # on the 8-bit grid: untouched unless hit
     out = corrupt(grey, "impulse_noise", 5, seed=0)

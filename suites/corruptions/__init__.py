@@ -9,7 +9,8 @@ restates the script's library calls (skimage, scipy, OpenCV, ImageMagick, PIL) a
 tensor operations and keeps its behaviour, quirks included: severities are not always
 monotone (elastic_transform gets milder from 1 to 5, saturate desaturates at 1-2, spatter
 switches to mud at 4-5, glass_blur's 1-3 are nearly equal). Known departures: frost uses
-procedural textures instead of the release's photos (see ``weather.frost_textures``);
+the release's photos only when an installed package ships them (``imagecorruptions``), else
+procedural textures, which carry less fine detail (see ``weather.frost_images``);
 spatter's distance transform is exact where OpenCV's is a 5x5 chamfer approximation;
 random corruptions draw from torch's generator, so they match the release in distribution,
 not pixel for pixel.

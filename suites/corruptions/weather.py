@@ -4,7 +4,9 @@ the extra spatter."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -113,28 +115,72 @@ def _draw_line(canvas: np.ndarray, y: float, x: float, angle: float, length: flo
     np.maximum.at(canvas, (rows, cols), brightness)
 
 
+FROST_PHOTOS = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+FROST_PACKAGE = "imagecorruptions"  # ships the release's frost photos (Apache-2.0, as the script)
+
+
+@functools.cache
+def frost_images() -> tuple[tuple[torch.Tensor, ...], str]:
+    """The frost images crops are drawn from, and where they come from.
+
+    The release's five frost photos when an installed package ships them (``pip install
+    imagecorruptions``, the package of Michaelis et al. 2019, arXiv:1907.07484, which carries
+    the original photos), prepared as the script prepares them: downscaled by 0.2 (bilinear,
+    half-pixel centres like cv2.resize; OpenCV's fixed-point rounding may differ by a grey
+    level), kept as 8-bit RGB. Otherwise the procedural ``frost_textures``. The source --
+    ``photos:<sha256 of the files>`` or ``procedural`` -- is part of the engine's identity,
+    so data generated with one never passes for the other."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(FROST_PACKAGE)
+        paths = [Path(str(dist.locate_file(f"{FROST_PACKAGE}/frost/{n}"))) for n in FROST_PHOTOS]
+    except metadata.PackageNotFoundError:
+        paths = []
+    if not paths or not all(p.is_file() for p in paths):
+        return tuple(frost_textures()), "procedural"
+    from PIL import Image
+
+    digest = hashlib.sha256()
+    images = []
+    for path in paths:
+        digest.update(path.read_bytes())
+        with Image.open(path) as photo:
+            rgb = torch.from_numpy(np.asarray(photo.convert("RGB")).copy())
+        h, w = rgb.shape[:2]
+        small = torch.nn.functional.interpolate(
+            rgb.permute(2, 0, 1)[None].double(), size=(round(h * 0.2), round(w * 0.2)),
+            mode="bilinear", align_corners=False, antialias=False)[0]
+        images.append(small.round_().clamp_(0, 255).float().div_(255))
+    return tuple(images), f"photos:{digest.hexdigest()}"
+
+
 def frost(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """``c0 * image + c1 * frost crop``: a random one of five textures (the script draws
+    """``c0 * image + c1 * frost crop``: a random one of five frost images (the script draws
     randint(5), so its sixth photo is never used) and a random crop position, also drawn
     like the script (the last row/column offset is never drawn). The image is also scaled
-    down at severities 3-5 (0.9, 0.85, 0.75). Textures are procedural: see
-    ``frost_textures``."""
+    down at severities 3-5 (0.9, 0.85, 0.75). The images are the release's photos when
+    installed, else procedural textures (see ``frost_images``)."""
     image_weight, frost_weight = FROST[severity - 1]
     n, _, h, w = x.shape
-    textures = frost_textures().to(device=x.device, dtype=x.dtype)
-    th, tw = textures.shape[-2:]
-    if th <= h or tw <= w:
-        raise ValueError(f"frost textures are {th}x{tw}; images must be smaller, got {h}x{w}")
-    which = torch.randint(0, len(textures), (n,), generator=gen, device=x.device)
-    top = torch.randint(0, th - h, (n,), generator=gen, device=x.device)
-    left = torch.randint(0, tw - w, (n,), generator=gen, device=x.device)
-    # flat index of every crop value: one broadcast sum, one take (advanced indexing with
-    # four index tensors is several times slower on CPU)
-    corner = (which * 3 * th + top) * tw + left
-    within = ((torch.arange(3, device=x.device)[:, None, None] * th
-               + torch.arange(h, device=x.device)[:, None]) * tw
-              + torch.arange(w, device=x.device))
-    crops = torch.take(textures, corner[:, None, None, None] + within)
+    images, _ = frost_images()
+    sizes = torch.tensor([img.shape[-2:] for img in images], device=x.device)
+    if (sizes[:, 0] <= h).any() or (sizes[:, 1] <= w).any():
+        raise ValueError(f"frost images are {sizes.tolist()}; images must be smaller, got "
+                         f"{h}x{w}")
+    which = torch.randint(0, len(images), (n,), generator=gen, device=x.device)
+    spans = sizes[which] - torch.tensor([h, w], device=x.device)  # randint(0, size - 32)
+    offsets = (torch.rand((n, 2), generator=gen, device=x.device, dtype=torch.float64)
+               * spans).long()
+    crops = torch.empty_like(x)
+    for k, image in enumerate(images):
+        chosen = (which == k).nonzero().flatten()
+        if len(chosen) == 0:
+            continue
+        image = image.to(device=x.device, dtype=x.dtype)
+        rows = offsets[chosen, 0, None] + torch.arange(h, device=x.device)  # (m, h)
+        cols = offsets[chosen, 1, None] + torch.arange(w, device=x.device)  # (m, w)
+        crops[chosen] = image[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3)
     return x.mul_(image_weight).add_(crops.mul_(frost_weight))
 
 
