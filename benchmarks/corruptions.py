@@ -11,6 +11,10 @@ generating a data set sees.
     python benchmarks/corruptions.py               # 200 images, about 20 s
     python benchmarks/corruptions.py --threads 2   # torch may use both cores
     python benchmarks/corruptions.py --images 1000
+    python benchmarks/corruptions.py --threads 2 --busy 1  # the other core kept busy
+
+The engine itself always computes with one CPU thread (``suites.corruptions.corrupt``
+restores the caller's setting afterwards); ``--threads`` sets torch's count around it.
 
 ``imagecorruptions`` is installed by the ``bench`` extra (``pip install -e .[bench]``).
 """
@@ -75,6 +79,13 @@ def time_engine(images: torch.Tensor, name: str) -> float:
     return time.perf_counter() - start
 
 
+def _spin(stop) -> None:
+    """Keeps one core busy until ``stop`` is set (another job on a shared machine)."""
+    x = np.random.default_rng(0).random(4096)
+    while not stop.is_set():
+        x = np.sqrt(x * x + 1.0) - 1.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200, help="32x32 images (default 200)")
@@ -82,8 +93,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1, like imagecorruptions' numpy; "
                              "on a busy machine more threads mostly add contention)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="processes that keep cores busy during the measurement")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    import multiprocessing
+
+    stop = multiprocessing.Event()
+    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+                for _ in range(args.busy)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        measure(args)
+    finally:
+        stop.set()
+        for spinner in spinners:
+            spinner.join()
+
+
+def measure(args: argparse.Namespace) -> None:
 
     reference_corrupt = load_reference()
     crops = random_crops(args.images, 32, np.random.default_rng(0), downscale=4)
@@ -92,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
 
     per_image = 1000 / args.images
     print(f"{args.images} images of 32x32, 5 severities each, torch threads: "
-          f"{torch.get_num_threads()}, device: {args.device}")
+          f"{torch.get_num_threads()} (the engine uses 1 on CPU), busy processes: "
+          f"{args.busy}, device: {args.device}")
     print(f"{'corruption':18s} {'shiftbench':>11s} {'imagecorr.':>11s} {'ratio':>8s}   "
           "(ms per image, summed over severities)")
     ours_total = reference_total = 0.0

@@ -38,8 +38,9 @@ matrices, the zoom operator, the shot-noise inversion tables) are built once and
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -105,6 +106,29 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int,
         )
     if len(images) == 0:
         return images.clone()
+    with _one_cpu_thread(images.device):
+        return _corrupt(images, name, severity, seed, quantize)
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On CPU the engine runs with one intra-op thread, whatever the caller set: its tensors
+    are small (32x32 images), threads gain little on them, and with a second thread while
+    the other core is busy it ran ~30x slower (threads waiting for each other). The
+    caller's setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _corrupt(images: torch.Tensor, name: str, severity: int, seed: int, quantize: bool
+             ) -> torch.Tensor:
     gen = torch.Generator(device=images.device)
     gen.manual_seed(seed)
     # A new, contiguous float32 copy: the corruption functions own it and work in place.
