@@ -371,6 +371,18 @@ def test_frost_uses_the_release_photos_when_a_package_ships_them(batch, tmp_path
     assert weather.frost_images()[1] == "procedural" and engine_identity() == procedural
 
 
+def test_caller_thread_count_is_restored_and_does_not_change_outputs(batch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = corrupt(batch, "gaussian_blur", 3, seed=0)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert torch.equal(two, corrupt(batch, "gaussian_blur", 3, seed=0))
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_impulse_noise_flips_channels_independently():
     grey = torch.full((64, 3, 32, 32), 128 / 255)  # on the 8-bit grid: untouched unless hit
     out = corrupt(grey, "impulse_noise", 5, seed=0)
