@@ -137,3 +137,14 @@ def test_timm_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
     assert expected > 5 and board.loc["source", "digits-m"] == pytest.approx(expected, abs=0.01)
     with pytest.raises(ShiftbenchError, match="huggingface-cli download timm/test_vit"):
         Runner(config(tmp_path, "timm:test_vit.r160_in1k"))
+
+
+def test_cli_missing_cache_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+    from benchmark.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    code = main(["run", "--suite", "tiny-digits-1000", "--adapters", "source", "--seeds", "1",
+                 "--source-model", f"torchvision:{TV_NAME}", "--results", str(tmp_path / "R"),
+                 "--leaderboards", str(tmp_path / "L"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "download" in err, err
