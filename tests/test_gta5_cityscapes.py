@@ -158,3 +158,28 @@ def test_runner_trains_and_scores_the_real_loaders_unchanged(tmp_path):
     assert set(cells.metric) == {"miou"}
     assert {f"iou/{name}" for name in CLASS_NAMES} <= set(cells.columns)
     assert (cells.n_examples == cells.domain.map({"gta5": 2, "cityscapes": 4})).all()
+
+
+def test_label_table_and_colours_equal_the_official_cityscapes_definitions():
+    """Against cityscapesScripts (the dataset authors' package, dev extra): every label id's
+    trainId and name, the 19 evaluated classes in trainId order, and their colours."""
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels").labels
+    from suites.segmentation import (
+        CITYSCAPES_LABELS,
+        CLASS_NAMES,
+        TRAIN_ID_COLORS,
+        id_to_train_id_lut,
+    )
+
+    lut = id_to_train_id_lut()
+    official = {label.id: label for label in labels if label.id >= 0}
+    assert {i for i, _, _ in CITYSCAPES_LABELS} == set(official)
+    for label_id, name, train_id in CITYSCAPES_LABELS:
+        expected = official[label_id].trainId
+        expected = 255 if expected in (-1, 255) else expected
+        assert (name, train_id, int(lut[label_id])) == (official[label_id].name, expected,
+                                                        expected)
+    evaluated = sorted((label for label in labels if 0 <= label.trainId < 255),
+                       key=lambda label: label.trainId)
+    assert CLASS_NAMES == tuple(label.name for label in evaluated)
+    assert TRAIN_ID_COLORS == tuple(tuple(label.color) for label in evaluated)
