@@ -90,6 +90,9 @@ class Suite:
     recipe: ClassVar[Recipe]
     eval_batch_size: ClassVar[int] = 128
     provides: ClassVar[frozenset[str]] = frozenset()
+    # False: the suite has no source recipe to run here (e.g. ImageNet-C), so a run needs
+    # --source-model or --source-checkpoint
+    trains_source: ClassVar[bool] = True
 
     def __init__(self, root: str | Path | None = None, download: bool = False) -> None:
         self.root = Path(root) if root is not None else None

@@ -9,6 +9,7 @@ from suites import (
     digits_mm,  # noqa: F401
     digits_sv,  # noqa: F401
     gta5_cityscapes,  # noqa: F401
+    imagenet_c,  # noqa: F401
     mnist_svhn,  # noqa: F401
     mnist_usps,  # noqa: F401
     scenes,  # noqa: F401

@@ -13,6 +13,7 @@ import torch
 from benchmark.adapter import Adapter, TargetStream
 from benchmark.registry import ADAPTERS, SUITES
 from suites.digits import Digits
+from suites.imagenet_c import ImageNetC
 
 
 @SUITES.register("tiny-digits")
@@ -28,6 +29,13 @@ class TinyDigits1000(TinyDigits):
     count of ImageNet models given with --source-model."""
 
     num_classes = 1000
+
+
+@SUITES.register("tiny-imagenet-c")
+class TinyImageNetC(ImageNetC):
+    """Test-only: ImageNet-C's layout and transform with two targets (fixture files)."""
+
+    targets = ("gaussian_noise-5", "contrast-2")
 
 
 def is_photo_domain(x: torch.Tensor) -> bool:

@@ -226,6 +226,12 @@ class Runner:
         self.suite: Suite = suite if suite is not None else SUITES.get(config.suite)(
             root=config.data_root, download=config.download)
         self.source_model = self._named_source_model(config)
+        if (not self.suite.trains_source and config.source_checkpoint is None
+                and config.source_model is None):
+            raise ShiftbenchError(
+                f"suite {self.suite.name!r} does not train its source model here: give "
+                "--source-model (e.g. torchvision:resnet50.IMAGENET1K_V1) or "
+                "--source-checkpoint")
         self.store = ResultStore(config.results)
         self.targets = self._select_targets(config.targets)
         hidden = [config.results, config.leaderboards]
