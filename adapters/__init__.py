@@ -2,6 +2,7 @@
 
 from adapters import (
     adabn,  # noqa: F401
+    adamatch,  # noqa: F401
     bn_prior,  # noqa: F401
     camera_bn,  # noqa: F401
     cdn,  # noqa: F401

@@ -12,6 +12,8 @@ Training (once per seed and training signature; skipped when the checkpoint is c
         if adapter.setting == "da":                 # unlabeled target batches, images only
             adapter.set_context(model, {"role": "target", "domain": <target>})
             loss += adapter.target_loss(model, x_target)   # None adds nothing
+        # or, when adapter.owns_training_loss (AdaMatch: shared forward passes):
+        loss = adapter.training_loss(model, x, y, x_target, step)
     adapter.finish_training(model, images)  # once, after the last step: final statistics
 
 Batches are shuffled across the whole source set, unless ``batch_key`` names a side-info
@@ -275,6 +277,19 @@ class Adapter:
         ``set_context(role="target")``), added to the step's loss; None adds nothing. A
         forward pass here also updates target-branch statistics, as DSBN's training does."""
         return None
+
+    owns_training_loss: ClassVar[bool] = False
+    """True: ``training_loss`` computes each step's whole loss (methods whose source and
+    target terms share forward passes, such as AdaMatch); the runner then calls it instead
+    of summing the task loss, ``extra_loss`` and ``target_loss``."""
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      x_target: torch.Tensor | None, step: int) -> torch.Tensor:
+        """The loss of training step ``step`` (from 0, of ``total_steps``) on a labelled
+        source batch ``(x, y)`` and, in the ``da`` setting, an unlabeled target batch, both
+        already augmented by the suite's recipe. Only when ``owns_training_loss``."""
+        raise NotImplementedError(f"{type(self).__name__} sets owns_training_loss but does "
+                                  "not implement training_loss")
 
     def finish_training(self, model: nn.Module, data: TrainingImages) -> None:
         """Once after the last optimizer step, before the checkpoint is saved, with the

@@ -35,6 +35,7 @@ class Composite(Adapter):
         self.hparams = {train_part.name: train_part.hparams, test_part.name: test_part.hparams}
         self.changes_training = train_part.changes_training  # type: ignore[misc]
         self.batch_key = train_part.batch_key  # type: ignore[misc]
+        self.owns_training_loss = train_part.owns_training_loss  # type: ignore[misc]
         self.requires = train_part.requires | test_part.requires  # type: ignore[misc]
         self.tasks = train_part.tasks & test_part.tasks  # type: ignore[misc]
         # e.g. "dg+tta": trained on source only, then adapted at test time.
@@ -57,6 +58,10 @@ class Composite(Adapter):
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         return self.train_part.extra_loss(model)
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      x_target: torch.Tensor | None, step: int) -> torch.Tensor:
+        return self.train_part.training_loss(model, x, y, x_target, step)
 
     def target_loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return self.train_part.target_loss(model, x)

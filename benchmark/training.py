@@ -176,6 +176,7 @@ def train_source(
     last_loss = math.nan
     bar = tqdm(total=total, desc=description, leave=False, disable=not progress, unit="step",
                position=position)
+    step = 0
     for epoch in range(recipe.epochs):
         if epoch > 0:
             epochs.append(_batches(data, recipe.batch_size, adapter.batch_key, generator))
@@ -184,24 +185,32 @@ def train_source(
             y = data.labels[index].to(device)
             adapter.set_context(model, {"role": "source",
                                         **{k: v[index] for k, v in data.extra.items()}})
-            # 255 marks unlabelled pixels in segmentation labels; no class uses it.
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX,
-                                   label_smoothing=recipe.label_smoothing)
-            extra = adapter.extra_loss(model)
-            if extra is not None:
-                loss = loss + extra
-            if target_batches is not None and target is not None:
-                adapter.set_context(model, {"role": "target", "domain": target[0]})
-                x_target = _augment(target_batches.next(), recipe.augment, generator)
-                target_loss = adapter.target_loss(model, x_target.to(device))
-                if target_loss is not None:
-                    loss = loss + target_loss
+            if adapter.owns_training_loss:  # the adapter computes the step's whole loss
+                x_target = None
+                if target_batches is not None:
+                    x_target = _augment(target_batches.next(), recipe.augment,
+                                        generator).to(device)
+                loss = adapter.training_loss(model, x, y, x_target, step)
+            else:
+                # 255 marks unlabelled pixels in segmentation labels; no class uses it.
+                loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX,
+                                       label_smoothing=recipe.label_smoothing)
+                extra = adapter.extra_loss(model)
+                if extra is not None:
+                    loss = loss + extra
+                if target_batches is not None and target is not None:
+                    adapter.set_context(model, {"role": "target", "domain": target[0]})
+                    x_target = _augment(target_batches.next(), recipe.augment, generator)
+                    target_loss = adapter.target_loss(model, x_target.to(device))
+                    if target_loss is not None:
+                        loss = loss + target_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             last_loss = loss.item()
+            step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
     bar.close()
