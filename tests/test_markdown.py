@@ -137,7 +137,14 @@ def test_reported_rows_only_for_their_suite_and_never_ranked(tmp_path):
 def test_shipped_reference_rows():
     reported = load_reported(REPORTED_CSV)
     assert list(reported.columns) == REPORTED_COLUMNS
-    assert set(reported.suite) == {"cifar10-c", "gta5-cityscapes", "mnist-svhn"}
+    assert set(reported.suite) == {"cifar10-c", "gta5-cityscapes", "mnist-svhn", "imagenet-c",
+                                   "mnist-usps", "mnist-usps-h5"}
+    from benchmark.registry import SUITES
+
+    assert all(suite in SUITES for suite in reported.suite)  # rows name real suites
+    imagenet = reported[reported.suite == "imagenet-c"].set_index("adapter")
+    assert imagenet.loc["tent", "score"] < imagenet.loc["ptbn", "score"] \
+        < imagenet.loc["source", "score"]
     assert reported.score.notna().all() and (reported.source.str.len() > 10).all()
     tent = reported[reported.suite == "cifar10-c"].set_index("adapter")
     assert set(tent.metric) == {"error"}  # stored as published: error, not accuracy

@@ -65,3 +65,24 @@ def test_miou_is_registered_and_checks_shapes():
         metric.update(torch.zeros(1, 5, 2, 2), torch.zeros(1, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="labels must be in"):
         metric.update(torch.zeros(1, 5, 1, 1), torch.full((1, 1, 1), 7))
+
+
+def test_segmentation_board_has_a_per_class_iou_column_group():
+    import pandas as pd
+    from cells_fixture import cell_row
+
+    from benchmark.report.leaderboard import board_frame
+    from suites.scenes import Scenes
+
+    suite = Scenes()
+    rows = []
+    for seed, road in ((0, 90.0), (1, 80.0)):
+        for domain in (suite.source, *suite.targets):
+            row = cell_row("source", domain, seed, 50.0, metric="miou",
+                           role="source" if domain == suite.source else "target")
+            row["iou/road"] = road
+            row["iou/pole"] = float("nan") if seed == 0 else 10.0  # absent from seed 0's cell
+            rows.append(row)
+    board = board_frame(suite, pd.DataFrame(rows)).set_index("adapter")
+    assert board.loc["source", "iou/road"] == pytest.approx(85.0)
+    assert board.loc["source", "iou/pole"] == pytest.approx(10.0)  # mean over cells scoring it

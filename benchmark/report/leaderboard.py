@@ -17,6 +17,8 @@
 - ``adapt_s``: mean wall seconds per target cell spent in the adapter (attach, adapt,
   predict); ``img_per_s``: target images per second of that time; ``peak_mb``: peak memory
   (process peak RSS on CPU, peak allocated on CUDA).
+- ``iou/<class>`` (segmentation): each class's IoU, mean over the target cells that score
+  it (a class absent from a cell's ground truth and predictions has no IoU there).
 - ``status``: ``ok``, or how many cells failed or are missing.
 - ``isolation``: how the row's adapter code was kept from the labels (the weakest over its
   cells): ``sandbox``, ``isolated`` (its own process, the default) or ``in-process``
@@ -211,6 +213,7 @@ def board_frame(
     calibration = suite.metric == "accuracy"
     if grid is not None:
         baseline, baseline_note = _baseline_errors(cells, grid)
+    per_class = sorted(c for c in cells.columns if c.startswith("iou/"))  # segmentation
     rows = []
     for (adapter, protocol, batch_size), group in cells.groupby(ROW_KEY, sort=True):
         done = group[group.status == "done"]
@@ -248,6 +251,8 @@ def board_frame(
             # the weakest isolation any of its cells ran under (engine.isolation)
             "isolation": min(done.isolation, key=_strength, default=""),
         }
+        # per-class IoU over the target cells (NaN where a class is absent from a cell)
+        row.update({c: pd.to_numeric(tgt[c], errors="coerce").mean() for c in per_class})
         batches = pd.to_numeric(tgt.batches, errors="coerce")
         if batches.notna().any():  # the online protocol: share of batches adapted on
             adapted = pd.to_numeric(tgt.adapted_batches, errors="coerce")
@@ -281,7 +286,7 @@ def board_frame(
     columns = ["rank", "adapter", "protocol", "setting", "batch_size", "metric", "score",
                "std", "ci95", "seeds", "worst_seed", *(["collapsed"] if calibration else []),
                *(["ece", "entropy"] if calibration else []), *detail,
-               src_col, "adapt_s", "img_per_s", "peak_mb", "status", "isolation",
+               src_col, *per_class, "adapt_s", "img_per_s", "peak_mb", "status", "isolation",
                *[c for c in ("adapted", "cost_ratio") if c in board.columns]]
     return board[columns].reset_index(drop=True)
 
@@ -294,7 +299,7 @@ def _rounded(frame: pd.DataFrame, suite: Suite) -> pd.DataFrame:
     decimals = dict(_DECIMALS)
     decimals.update({d: 2 for d in suite.targets})
     decimals.update({c: 2 for c in frame.columns
-                     if c in ("mean_error", MCE_COLUMN) or c.startswith(("c:", "s:"))})
+                     if c in ("mean_error", MCE_COLUMN) or c.startswith(("c:", "s:", "iou/"))})
     decimals[f"src:{suite.source}"] = 2
     return frame.round({k: v for k, v in decimals.items() if k in frame.columns})
 
