@@ -339,7 +339,8 @@ def test_frost_uses_the_release_photos_when_a_package_ships_them(batch, tmp_path
     from suites._cache import engine_identity
     from suites.corruptions import weather
 
-    procedural = engine_identity()
+    weather.frost_images.cache_clear()
+    installed, identity = weather.frost_images()[1], engine_identity()
     package = tmp_path / "imagecorruptions" / "frost"
     package.mkdir(parents=True)
     info = tmp_path / "imagecorruptions-1.1.2.dist-info"
@@ -354,7 +355,8 @@ def test_frost_uses_the_release_photos_when_a_package_ships_them(batch, tmp_path
     weather.frost_images.cache_clear()
     try:
         images, source = weather.frost_images()
-        assert source.startswith("photos:") and engine_identity() != procedural
+        assert source.startswith("photos:") and source != installed
+        assert engine_identity() != identity
         assert [tuple(i.shape[-2:]) for i in images] == [(60, 80 + 4 * len(n))
                                                           for n in weather.FROST_PHOTOS]
         out = corrupt(batch, "frost", 2, seed=0)
@@ -368,7 +370,7 @@ def test_frost_uses_the_release_photos_when_a_package_ships_them(batch, tmp_path
     finally:
         monkeypatch.undo()
         weather.frost_images.cache_clear()
-    assert weather.frost_images()[1] == "procedural" and engine_identity() == procedural
+    assert weather.frost_images()[1] == installed and engine_identity() == identity
 
 
 def test_caller_thread_count_is_restored_and_does_not_change_outputs(batch):
