@@ -9,6 +9,13 @@
 - ``timm:<model>[.<tag>]``, e.g. ``timm:resnet50.a1_in1k``, from the Hugging Face hub cache
   where timm caches it (``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``); needs the
   ``timm`` extra.
+- ``robustbench:[<dataset>/]<name>``, e.g. ``robustbench:Standard`` (CIFAR-10's WRN-28-10,
+  Tent's source model) or ``robustbench:cifar100/Hendrycks2020AugMix_ResNeXt``, from
+  RobustBench's model folder layout ``<dir>/<dataset>/corruptions/<name>.pt`` with ``<dir>``
+  = ``$ROBUSTBENCH_MODELS``, else ``./models`` (the default of RobustBench's ``load_model``).
+  ``Standard`` is built here (``benchmark.layers.models.wrn28_10``, RobustBench's module
+  names); other names need the ``robustbench`` package for their architecture. The
+  checkpoint is read with ``weights_only=True``, never executed.
 
 Nothing is downloaded during a run: when the weights are not in the cache, the run stops
 before any cell with one line saying what to download and where. The model is wrapped to
@@ -31,7 +38,7 @@ from torch import Tensor, nn
 from benchmark.errors import ShiftbenchError
 from benchmark.store import file_sha256
 
-LIBRARIES = ("torchvision", "timm")
+LIBRARIES = ("torchvision", "timm", "robustbench")
 
 
 class Standardized(nn.Module):
@@ -72,7 +79,8 @@ class SourceModel:
 
     def _load(self) -> tuple[nn.Module, Path]:
         if self._loaded is None:
-            loader = _load_torchvision if self.library == "torchvision" else _load_timm
+            loader = {"torchvision": _load_torchvision, "timm": _load_timm,
+                      "robustbench": _load_robustbench}[self.library]
             self._loaded = loader(self.name)
         return self._loaded
 
@@ -148,3 +156,46 @@ def _load_timm(name: str) -> tuple[nn.Module, Path]:
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(found)})
     cfg = model.pretrained_cfg
     return Standardized(model, tuple(cfg["mean"]), tuple(cfg["std"])).eval(), found
+
+
+def robustbench_dir() -> Path:
+    return Path(os.environ.get("ROBUSTBENCH_MODELS", "models"))
+
+
+def _load_robustbench(name: str) -> tuple[nn.Module, Path]:
+    from benchmark.weights import load_state_dict_file
+
+    dataset, _, model_name = name.rpartition("/")
+    dataset = dataset or "cifar10"  # RobustBench's default data set
+    path = robustbench_dir() / dataset / "corruptions" / f"{model_name}.pt"
+    if not path.is_file():
+        raise ShiftbenchError(
+            f"the weights of robustbench:{name} are not in {path}: run robustbench.utils."
+            f"load_model(model_name={model_name!r}, dataset={dataset!r}, threat_model="
+            f"'corruptions', model_dir={str(robustbench_dir())!r}) once with network, or put "
+            "the checkpoint there")
+    if (dataset, model_name) == ("cifar10", "Standard"):
+        from benchmark.layers.models import wrn28_10
+
+        model: nn.Module = wrn28_10(10)
+    else:
+        try:
+            from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+            from robustbench.model_zoo.models import model_dicts
+        except ImportError:
+            raise ShiftbenchError(f"robustbench:{name} needs the robustbench package for its "
+                                  "architecture (pip install robustbench)") from None
+        entries = model_dicts[BenchmarkDataset(dataset)][ThreatModel("corruptions")]
+        if model_name not in entries:
+            raise ShiftbenchError(f"RobustBench has no {dataset} corruptions model "
+                                  f"{model_name!r}")
+        model = entries[model_name]["model"]()
+    state = load_state_dict_file(path)  # safe load, "state_dict" / "module." unwrapped
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ShiftbenchError(f"{path} does not fit robustbench:{name}'s architecture: "
+                              f"{str(exc).splitlines()[0]}") from None
+    # RobustBench's models take [0, 1] images (those that standardize do it inside)
+    return model.eval(), path

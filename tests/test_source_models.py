@@ -20,7 +20,7 @@ from suites.digits import Digits
 TV_NAME = "mobilenet_v3_small.IMAGENET1K_V1"
 
 
-def calibrated(model: torch.nn.Module) -> torch.nn.Module:
+def calibrated(model: torch.nn.Module, images: int = 256) -> torch.nn.Module:
     """A random model whose BN statistics come from the digits: in eval mode its outputs
     then differ from image to image (with init statistics they are constant up to float
     noise, and argmax ties would decide the scores)."""
@@ -29,7 +29,7 @@ def calibrated(model: torch.nn.Module) -> torch.nn.Module:
             m.momentum = None  # cumulative average
     model.train()
     with torch.no_grad():
-        model(Digits().load("digits", "train").images[:256])
+        model(Digits().load("digits", "train").images[:images])
         # only the digits' classes can win, so scores are not all zero: a wrong model or
         # a wrong standardization would show as another accuracy
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -148,3 +148,29 @@ def test_cli_missing_cache_is_one_line_and_exit_code_2(tmp_path, monkeypatch, ca
                  "--leaderboards", str(tmp_path / "L"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "download" in err, err
+
+
+def test_robustbench_standard_from_its_model_folder_layout(tmp_path, monkeypatch):
+    """RobustBench's layout <dir>/cifar10/corruptions/Standard.pt, its checkpoint form (a
+    dict holding "state_dict" with DataParallel's "module." prefix), its WRN-28-10."""
+    from benchmark.layers.models import wrn28_10
+
+    monkeypatch.setenv("ROBUSTBENCH_MODELS", str(tmp_path / "models"))
+    with pytest.raises(ShiftbenchError, match="load_model.*Standard"):
+        Runner(config(tmp_path, "robustbench:Standard", adapters=("source",)))
+    torch.manual_seed(0)
+    model = calibrated(wrn28_10(10), images=32)
+    folder = tmp_path / "models" / "cifar10" / "corruptions"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}},
+               folder / "Standard.pt")
+    run = config(tmp_path, "robustbench:Standard", adapters=("source",))
+    run.suite = "tiny-digits-64"  # 10 classes, 64 images per split: WRN-28-10 on a CPU
+    summary = Runner(run).run()
+    assert (summary.done, summary.failed) == (2, 0), summary.failures
+    data = Digits().load("digits-m", "test")
+    with torch.no_grad():
+        logits = model(data.images[:64])
+    expected = 100.0 * (logits.argmax(1) == data.labels[:64]).float().mean().item()
+    assert summary.board.set_index("adapter").loc["source", "digits-m"] == pytest.approx(
+        expected, abs=0.01)

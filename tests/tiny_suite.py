@@ -31,6 +31,17 @@ class TinyDigits1000(TinyDigits):
     num_classes = 1000
 
 
+@SUITES.register("tiny-digits-64")
+class TinyDigits64(TinyDigits):
+    """Test-only: the first 64 images of every split (for CPU tests of large models)."""
+
+    def load(self, domain: str, split: str):
+        from benchmark.suite import DomainData
+
+        data = super().load(domain, split)
+        return DomainData(data.images[:64], data.labels[:64])
+
+
 @SUITES.register("tiny-imagenet-c")
 class TinyImageNetC(ImageNetC):
     """Test-only: ImageNet-C's layout and transform with two targets (fixture files)."""
