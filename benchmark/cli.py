@@ -128,8 +128,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "dict) instead of training; test-time adapters only")
     p.add_argument("--source-model", default=None, metavar="LIBRARY:NAME",
                    help="a published pretrained source model from the library's cache, e.g. "
-                        "torchvision:resnet50.IMAGENET1K_V1 or timm:resnet50.a1_in1k (no "
-                        "download during a run); test-time adapters only")
+                        "torchvision:resnet50.IMAGENET1K_V1, timm:resnet50.a1_in1k or "
+                        "robustbench:Standard (no download during a run); test-time adapters "
+                        "only")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                    help="parallel worker processes (local launcher) or Ray CPUs (default: "
                         f"{DEFAULT_WORKERS}, the cores here, at most 2; results do not "
