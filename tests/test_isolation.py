@@ -131,3 +131,30 @@ def test_a_missing_bubblewrap_is_one_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(builtins, "__import__", no_bundled_bwrap)
     with pytest.raises(ShiftbenchError, match=r"apt-get install bubblewrap.*shiftbench\[sandbox\]"):
         isolation.make_process("sandbox")
+
+
+def test_released_heap_memory_goes_back_to_the_system():
+    """With tune_allocator's thresholds, tensors of 20 MB come from the heap; freeing all
+    but the last leaves the heap's top in use, so the freed gigabyte stays resident until
+    release_free_memory gives it back (what kept a long run's worker growing)."""
+    import subprocess
+    import sys
+
+    script = """
+import torch
+from benchmark.engine.isolation import tune_allocator
+from benchmark.memory import release_free_memory
+def rss():
+    return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) // 1024
+tune_allocator()
+blocks = [torch.ones(5_000_000) for _ in range(50)]
+last = blocks[-1]
+del blocks
+before = rss()
+release_free_memory()
+print(before, rss())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    before, after = int(out[0]), int(out[1])
+    assert before - after > 600, (before, after)  # of the ~980 MB freed

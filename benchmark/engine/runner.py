@@ -48,6 +48,7 @@ from benchmark.engine.isolation import (
 from benchmark.engine.protocols import PROTOCOLS, get_protocol
 from benchmark.engine.provision import Provisioner
 from benchmark.errors import ShiftbenchError
+from benchmark.memory import release_free_memory
 from benchmark.provenance import describe_device, helper_files, versions
 from benchmark.registry import ADAPTERS, SUITES
 from benchmark.report import leaderboard
@@ -557,6 +558,7 @@ class Runner:
         finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         for record in records:
             record["finished_at"] = finished
+        release_free_memory()  # the job's images and logits: back to the system
         return records
 
     # ---- evaluation ------------------------------------------------------------------

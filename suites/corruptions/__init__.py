@@ -40,13 +40,27 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
 from suites.corruptions import blur, digital, noise, weather
 
 CorruptionFn = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
+
+
+def _source_sha256() -> str:
+    """sha256 of this package's source files, read when it is imported: the identity of the
+    code this process runs (files edited later, while a run goes on, do not change it)."""
+    h = hashlib.sha256()
+    for source in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+SOURCE_SHA256 = _source_sha256()
 
 _FUNCTIONS: dict[str, CorruptionFn] = {
     "gaussian_noise": noise.gaussian_noise,
