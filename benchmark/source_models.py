@@ -62,6 +62,7 @@ class SourceModel:
     library: str
     name: str
     _loaded: tuple[nn.Module, Path] | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> SourceModel:
@@ -92,8 +93,9 @@ class SourceModel:
         return {k: v.clone() for k, v in self._load()[0].state_dict().items()}
 
     def identity(self) -> dict[str, Any]:
-        path = self._load()[1]
-        return {"source_model": self.text, "weights_sha256": file_sha256(path)}
+        if self._digest is None:  # once: the file is read when the model is loaded
+            self._digest = file_sha256(self._load()[1])
+        return {"source_model": self.text, "weights_sha256": self._digest}
 
     def weights_file(self) -> Path:
         return self._load()[1]
