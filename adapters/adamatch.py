@@ -56,7 +56,9 @@ class AdaMatch(Adapter):
     first 25 steps on (when the pseudo-label weight is still ~0.1), below the source
     model's 57.4%; with ``strong=False`` (strong view = weak view) it ends at 62.5%, no
     collapse. RandAugment at magnitude 9 and a quarter-image cutout, made for natural
-    images, often erase an upsampled 8x8 digit's class.
+    images, often erase an upsampled 8x8 digit's class. Over 3 seeds on digits-m:
+    source 43.9, AdaMatch 33.3, ``strong=False`` 48.8 (+4.9 over source, CI -13 to +23),
+    and with Context Norm 75.5 (+26.7 over ``strong=False``, CI +8 to +45).
 
     Trains: the whole network (and the CN layer), on source labels and target pseudo-labels.
     Adapts: nothing at test time. Resets: the model state of attach time.
