@@ -18,9 +18,8 @@ from benchmark.adapter import Adapter
 from benchmark.layers.context_norm import (
     SOURCE_CONTEXT,
     TARGET_CONTEXT,
-    ContextNorm,
-    InputContextNorm,
-    context_layers,
+    add_input_context_norm,
+    set_contexts,
 )
 from benchmark.registry import ADAPTERS
 
@@ -82,16 +81,12 @@ class AdaMatch(Adapter):
     def prepare(self, model: nn.Module) -> nn.Module:
         if not self.hparams["context_norm"]:
             return model
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        if first is None:
-            raise ValueError("adamatch(context_norm=True) needs a convolutional model")
-        return InputContextNorm(model, ContextNorm(first.in_channels, 2,
-                                                   int(self.hparams["hidden"])))
+        return add_input_context_norm(model, 2, int(self.hparams["hidden"]),
+                                      "adamatch(context_norm=True)")
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
-        role = TARGET_CONTEXT if context.get("role") == "target" else SOURCE_CONTEXT
-        for layer in context_layers(model):
-            layer.context = role
+        set_contexts(model, TARGET_CONTEXT if context.get("role") == "target"
+                     else SOURCE_CONTEXT)
 
     def strong(self, x: torch.Tensor) -> torch.Tensor:
         """A strong view of every image (its own random operations), in [0, 1]; with
@@ -108,9 +103,9 @@ class AdaMatch(Adapter):
         n, m = len(x), len(x_target)
         source = torch.cat([x, self.strong(x)])
         target = torch.cat([x_target, self.strong(x_target)])
-        self._contexts(model, [SOURCE_CONTEXT] * 2 * n + [TARGET_CONTEXT] * 2 * m)
+        set_contexts(model, torch.tensor([SOURCE_CONTEXT] * 2 * n + [TARGET_CONTEXT] * 2 * m))
         joint = model(torch.cat([source, target]))
-        self._contexts(model, [SOURCE_CONTEXT] * 2 * n)
+        set_contexts(model, torch.tensor([SOURCE_CONTEXT] * 2 * n))
         alone = model(source)
         logits_source = self.interpolate(joint[:2 * n], alone)
         logits_target = joint[2 * n:]
@@ -143,11 +138,3 @@ class AdaMatch(Adapter):
         """mu(t) = 1/2 - cos(min(pi, 2 pi t / T)) / 2."""
         total = max(1, self.total_steps or 1)
         return 0.5 - math.cos(min(math.pi, 2 * math.pi * step / total)) / 2
-
-    @staticmethod
-    def _contexts(model: nn.Module, ids: list[int]) -> None:
-        layers = context_layers(model)
-        if layers:
-            context = torch.tensor(ids, dtype=torch.long)
-            for layer in layers:
-                layer.context = context

@@ -20,10 +20,10 @@ from benchmark.adapter import Adapter
 from benchmark.layers.context_norm import (
     SOURCE_CONTEXT,
     TARGET_CONTEXT,
-    ContextNorm,
-    InputContextNorm,
+    add_input_context_norm,
     context_layers,
     replace_first_batchnorm,
+    set_contexts,
 )
 from benchmark.registry import ADAPTERS
 
@@ -88,10 +88,7 @@ class ContextNormDA(Adapter):
     def prepare(self, model: nn.Module) -> nn.Module:
         hidden = int(self.hparams["hidden"])
         if self.hparams["position"] == "input":
-            first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-            if first is None:
-                raise ValueError("context_norm(position='input') needs a convolutional model")
-            model = InputContextNorm(model, ContextNorm(first.in_channels, 2, hidden))
+            model = add_input_context_norm(model, 2, hidden, "context_norm(position='input')")
         elif not replace_first_batchnorm(model, 2, hidden):
             raise ValueError("context_norm(position='stem') replaces the first BatchNorm2d, "
                              "but the model has none")
@@ -105,9 +102,7 @@ class ContextNormDA(Adapter):
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
         self._role = str(context.get("role", "source"))
-        ids = TARGET_CONTEXT if self._role == "target" else SOURCE_CONTEXT
-        for layer in context_layers(model):
-            layer.context = ids
+        set_contexts(model, TARGET_CONTEXT if self._role == "target" else SOURCE_CONTEXT)
 
     def target_loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         batchnorms = [m for m in model.modules() if isinstance(m, _BatchNorm)]

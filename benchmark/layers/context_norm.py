@@ -69,6 +69,23 @@ def context_layers(model: nn.Module) -> list[ContextNorm]:
     return [m for m in model.modules() if isinstance(m, ContextNorm)]
 
 
+def set_contexts(model: nn.Module, context: int | torch.Tensor) -> None:
+    """Give every CN layer of ``model`` the context of the next forward pass: one id for
+    the whole batch, or a LongTensor of per-sample ids."""
+    for layer in context_layers(model):
+        layer.context = context
+
+
+def add_input_context_norm(model: nn.Module, num_contexts: int, hidden: int,
+                           owner: str) -> InputContextNorm:
+    """``model`` behind a CN layer on its input channels (those of its first convolution);
+    ``owner`` names the adapter in the error for a model without one."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f"{owner} needs a convolutional model")
+    return InputContextNorm(model, ContextNorm(first.in_channels, num_contexts, hidden))
+
+
 def replace_first_batchnorm(module: nn.Module, num_contexts: int, hidden: int) -> bool:
     """Replace the first BatchNorm2d below ``module`` (in place) by a ContextNorm; False if
     there is none."""
