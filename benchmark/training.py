@@ -185,11 +185,12 @@ def train_source(
             y = data.labels[index].to(device)
             adapter.set_context(model, {"role": "source",
                                         **{k: v[index] for k, v in data.extra.items()}})
+            # (``generator`` draws only here, so the target batch is the same whichever
+            # branch uses it, and the same as before the hook existed)
+            x_target = None
+            if target_batches is not None:
+                x_target = _augment(target_batches.next(), recipe.augment, generator).to(device)
             if adapter.owns_training_loss:  # the adapter computes the step's whole loss
-                x_target = None
-                if target_batches is not None:
-                    x_target = _augment(target_batches.next(), recipe.augment,
-                                        generator).to(device)
                 loss = adapter.training_loss(model, x, y, x_target, step)
             else:
                 # 255 marks unlabelled pixels in segmentation labels; no class uses it.
@@ -198,10 +199,9 @@ def train_source(
                 extra = adapter.extra_loss(model)
                 if extra is not None:
                     loss = loss + extra
-                if target_batches is not None and target is not None:
+                if x_target is not None and target is not None:
                     adapter.set_context(model, {"role": "target", "domain": target[0]})
-                    x_target = _augment(target_batches.next(), recipe.augment, generator)
-                    target_loss = adapter.target_loss(model, x_target.to(device))
+                    target_loss = adapter.target_loss(model, x_target)
                     if target_loss is not None:
                         loss = loss + target_loss
             optimizer.zero_grad(set_to_none=True)
