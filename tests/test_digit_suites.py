@@ -363,7 +363,13 @@ def test_real_mnist_files_pass_checksums_and_read_whole():
     assert MnistUspsH5(root=REAL_DATA).source_fingerprint() == usps != suite.source_fingerprint()
 
 
-# ---- end to end on fixtures ---------------------------------------------------------------
+# ---- end to end on fixtures ----
+def source_and_adabn(tmp_path: Path, suite: str) -> RunConfig:
+    """A one-seed run of source and AdaBN on a fixture suite with data under tmp/data."""
+    return RunConfig(suite=suite, adapters=[AdapterSpec("source"), AdapterSpec("adabn")],
+                     seeds=[0], results=tmp_path / "R", leaderboards=tmp_path / "L",
+                     data_root=tmp_path / "data", progress=False)
+
 @pytest.mark.slow
 def test_runner_trains_and_scores_fixture_mnist_svhn(tmp_path):
     write_mnist(tmp_path / "data")
@@ -374,10 +380,7 @@ def test_runner_trains_and_scores_fixture_mnist_svhn(tmp_path):
     cls.recipe = Recipe(arch="small_resnet", epochs=1, batch_size=8, lr=0.01)
     if "tiny-mnist-svhn" not in SUITES:
         SUITES.register("tiny-mnist-svhn")(cls)
-    config = RunConfig(suite="tiny-mnist-svhn", adapters=[AdapterSpec("source"),
-                                                         AdapterSpec("adabn")],
-                       seeds=[0], results=tmp_path / "R", leaderboards=tmp_path / "L",
-                       data_root=tmp_path / "data", progress=False)
+    config = source_and_adabn(tmp_path, "tiny-mnist-svhn")
     summary = Runner(config).run()
     assert (summary.done, summary.failed) == (4, 0), summary.failures
     cells = (tmp_path / "L" / "tiny-mnist-svhn-cells.csv").read_text()
@@ -400,10 +403,7 @@ def test_test_time_run_needs_only_the_targets_test_files(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"usps train split.*usps\.bz2"):
         suite.load("usps", "train")
     before = suite.fingerprint()
-    config = RunConfig(suite="tiny-mnist-usps", adapters=[AdapterSpec("source"),
-                                                         AdapterSpec("adabn")],
-                       seeds=[0], results=tmp_path / "R", leaderboards=tmp_path / "L",
-                       data_root=tmp_path / "data", progress=False)
+    config = source_and_adabn(tmp_path, "tiny-mnist-usps")
     summary = Runner(config).run()
     assert (summary.done, summary.failed) == (4, 0), summary.failures
     # a domain-adaptation adapter needs the target's train split: a failed cell naming it
