@@ -1,5 +1,5 @@
-"""Command line: ``python run.py [run|list|check|compare|plot] ...``; with no command, the embedded
-default."""
+"""Command line: ``python run.py [run|list|check|compare|plot|report] ...``; with no command, the
+embedded default."""
 
 from __future__ import annotations
 
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_parser(sub)
     _add_compare_parser(sub)
     _add_plot_parser(sub)
+    _add_report_parser(sub)
     return parser
 
 
@@ -229,6 +230,21 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder holding <suite>-cells.csv (default: leaderboards/)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder for the PNG files (default: <leaderboards>/plots)")
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page of a results folder",
+        description="Write one HTML page (styles, script and figures inside; opens offline) "
+                    "from the leaderboards folder's <suite>.csv and <suite>-cells.csv files: "
+                    "per suite the sortable, filterable leaderboard, its figures and the "
+                    "cells behind every row with their provenance, and an index.")
+    p.add_argument("--suite", action="append", default=None, metavar="S",
+                   help="only this suite (repeatable; default: every suite in the folder)")
+    p.add_argument("--leaderboards", type=Path, default=Path("leaderboards"),
+                   help="folder holding the CSV files (default: leaderboards/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the HTML file (default: <leaderboards>/report.html)")
 
 
 def _add_check_parser(sub: argparse._SubParsersAction) -> None:
@@ -296,6 +312,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert summary.board is not None
     print(leaderboard.format_table(summary.board))
     print("\nwritten: " + ", ".join(str(p) for p in summary.paths))
+    from benchmark.report import html
+
+    report = html.write(args.leaderboards, args.leaderboards / f"{args.suite}.html",
+                        suites=[args.suite])
+    print(f"report: {report} (open it in a browser; `python run.py report` for all suites)")
     if summary.failed:
         print(f"\n{summary.failed} cell(s) failed (stored with their traceback; a re-run retries "
               "them):", file=sys.stderr)
@@ -341,6 +362,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0 if result.written else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmark.report import html
+
+    print(f"written: {html.write(args.leaderboards, args.out, args.suite)}")
+    return 0
+
+
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
                       lineno: int, line: str | None = None) -> str:
     """Warnings for people, not developers: one line, without the code that raised it."""
@@ -355,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = _one_line_warning
-    if args.command not in ("compare", "plot"):  # those only read CSV files
+    if args.command not in ("compare", "plot", "report"):  # those only read CSV files
         load_builtins()
     try:
         if args.command == "list":
@@ -366,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args)
         if args.command == "plot":
             return cmd_plot(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args)
     except (ShiftbenchError, UnknownNameError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,7 +16,8 @@ def test_list_shows_suites_and_adapters_with_descriptions(capsys):
     assert "AdaBN" in out and "Tent" in out
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["check"], ["compare"], ["plot"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["list"], ["check"], ["compare"], ["plot"],
+                                     ["report"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*command, "--help"])
@@ -45,3 +46,5 @@ def test_digits_acceptance_adabn_beats_source_and_tent_keeps_up(tmp_path):
     assert adabn >= source + 3
     assert tent >= adabn - 2
     assert board.loc["source", "src:digits"] - source > 30
+    page = (tmp_path / "L" / "digits.html").read_bytes()  # the run's browsable report
+    assert len(page) < 2 << 20 and b"<table class=\"board\"" in page
