@@ -253,7 +253,7 @@ def imagemagick() -> str:
     return path
 
 
-def test_motion_blur_matches_imagemagick_which_truncates(batch, tmp_path):
+def test_motion_blur_matches_imagemagick_which_truncates(batch, tmp_path, imagemagick):
     """The script's Wand call is ImageMagick's motion blur, and ImageMagick writes the 8-bit
     PNG by truncating. Compared with the installed ImageMagick at one angle per image."""
     import subprocess
