@@ -10,6 +10,7 @@ from adapters import (
     context_norm_group,  # noqa: F401
     cotta,  # noqa: F401
     deyo,  # noqa: F401
+    domain_norm,  # noqa: F401
     dsbn,  # noqa: F401
     dua,  # noqa: F401
     eata,  # noqa: F401

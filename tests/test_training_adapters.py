@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,7 @@ def test_ibn_a_on_basic_blocks_as_resnet18_ibn_a():
 
 
 @pytest.mark.parametrize("name", ["ibn_a", "ibn_b", "switchable_norm", "isw", "iw", "irw",
-                                  "dsbn"])
+                                  "dsbn", "domain_norm"])
 def test_surgery_runs_on_small_classification_and_segmentation_models(name):
     for model, shape in ((SmallResNet(10), (2, 10)), (SmallSegNet(19), (2, 19, 32, 32)),
                          (WideResNet(10, depth=10, widen_factor=1), (2, 10))):
@@ -358,6 +359,7 @@ def small_data():
 @pytest.mark.parametrize("name, hparams", [
     ("ibn_a", {}), ("ibn_b", {}), ("switchable_norm", {}), ("iw", {}), ("irw", {}),
     ("isw", {"warmup_steps": 2, "mask_batches": 2, "trials": 1}), ("dsbn", {}),
+    ("domain_norm", {}),
 ])
 def test_training_loop_with_each_adapter(small_data, name, hparams):
     suite, data, target_images, recipe = small_data
@@ -417,3 +419,53 @@ def test_switchable_norm_batch_average_after_training(small_data, mode):
         expected = model.stem[0](data.images).mean((0, 2, 3))
     averaged = torch.allclose(model.stem[1].running_mean, expected, atol=1e-5, rtol=1e-4)
     assert averaged == (mode == "batch_average")
+
+
+# ---- Domain Normalization ----------------------------------------------------------------
+def test_domain_norm_is_instance_norm_then_unit_l2_norm_per_position_then_affine():
+    """The layer against the paper's definition computed in numpy: standardize each image's
+    channel over its positions, divide each position's channel vector by its L2 norm,
+    scale and shift per channel."""
+    from adapters.domain_norm import DomainNorm2d
+
+    torch.manual_seed(0)
+    layer = DomainNorm2d(6)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(6) + 0.5)
+        layer.bias.copy_(torch.randn(6))
+    x = torch.randn(3, 6, 5, 7) * torch.rand(3, 6, 1, 1) * 4 + torch.randn(3, 6, 1, 1) * 3
+    a = x.double().numpy()
+    mean = a.mean(axis=(2, 3), keepdims=True)
+    var = a.var(axis=(2, 3), keepdims=True)
+    standardized = (a - mean) / np.sqrt(var + layer.eps)
+    unit = standardized / np.linalg.norm(standardized, axis=1, keepdims=True)
+    expected = unit * layer.weight.detach().double().numpy()[None, :, None, None] \
+        + layer.bias.detach().double().numpy()[None, :, None, None]
+    assert np.allclose(layer(x).detach().double().numpy(), expected, atol=1e-5)
+    with torch.no_grad():  # gamma = 1, beta = 0: every position's feature has unit norm
+        layer.weight.fill_(1.0)
+        layer.bias.zero_()
+    norms = layer(x).norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    # a per-image, per-channel gain and offset (a style change) leaves the output unchanged
+    styled = x * (torch.rand(3, 6, 1, 1) + 0.5) + torch.randn(3, 6, 1, 1)
+    assert torch.allclose(layer(styled), layer(x), atol=1e-4)
+    # train and eval compute the same (no statistics kept)
+    assert torch.equal(layer.train()(x), layer.eval()(x))
+
+
+def test_domain_norm_replaces_the_feature_extractors_batchnorm_and_keeps_the_parameters():
+    from adapters.domain_norm import DomainNorm2d
+
+    for make in (lambda: SmallResNet(10), lambda: SmallSegNet(19)):
+        plain = make()
+        bn = [n for n, m in plain.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        shallow = [n for n in bn if ".layer3" not in "." + n and ".layer4" not in "." + n
+                   and not n.startswith(("project_low", "decoder"))]
+        swapped = ADAPTERS.get("domain_norm")().prepare(make())
+        assert sorted(n for n, m in swapped.named_modules()
+                      if isinstance(m, DomainNorm2d)) == sorted(shallow)
+        assert n_params(swapped) == n_params(plain)  # gamma, beta per channel, as BN's
+        everywhere = ADAPTERS.get("domain_norm")(last_stage=-1).prepare(make())
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in everywhere.modules())
+        assert sum(isinstance(m, DomainNorm2d) for m in everywhere.modules()) == len(bn)
