@@ -314,9 +314,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\nwritten: " + ", ".join(str(p) for p in summary.paths))
     from benchmark.report import html
 
-    report = html.write(args.leaderboards, args.leaderboards / f"{args.suite}.html",
-                        suites=[args.suite])
-    print(f"report: {report} (open it in a browser; `python run.py report` for all suites)")
+    try:  # the CSV boards are written; a page that cannot be built must not hide them
+        report = html.write(args.leaderboards, args.leaderboards / f"{args.suite}.html",
+                            suites=[args.suite])
+        print(f"report: {report} (open it in a browser; `python run.py report` for all suites)")
+    except ShiftbenchError as exc:
+        print(f"warning: no HTML report ({exc})", file=sys.stderr)
     if summary.failed:
         print(f"\n{summary.failed} cell(s) failed (stored with their traceback; a re-run retries "
               "them):", file=sys.stderr)

@@ -88,6 +88,7 @@ class SuitePage:
     rows: list[Row]
     filters: dict[str, list[str]]  # column -> its distinct values, in board order
     figures: list[tuple[str, str]]  # (title, data: URI of an SVG)
+    cell_columns: list[str]  # the PROVENANCE columns the cells file has
     n_cells: int
     skipped: list[str]
 
@@ -183,7 +184,7 @@ def suite_page(folder: Path, suite: str, reported: pd.DataFrame) -> SuitePage:
                 skipped.append(title)
             else:
                 figures.append((title, _svg_uri(fig)))
-    return SuitePage(suite, f"s-{_anchor(suite)}", columns, rows, filters, figures,
+    return SuitePage(suite, f"s-{_anchor(suite)}", columns, rows, filters, figures, shown,
                      len(cell_rows), skipped)
 
 
@@ -216,7 +217,7 @@ def render(folder: Path, suites: list[str] | None = None) -> str:
         where = "this folder" if reported_path.parent == folder else "shipped with shiftbench"
         inputs.append((f"reported.csv ({where})", _sha256(reported_path)))
     return _TEMPLATES.get_template("report.html.j2").render(
-        pages=pages, provenance=PROVENANCE, filters=FILTERS, inputs=inputs)
+        pages=pages, filters=FILTERS, inputs=inputs)
 
 
 def write(folder: Path, out: Path | None = None, suites: list[str] | None = None) -> Path:
