@@ -33,5 +33,6 @@ from adapters import (
     switchable_norm,  # noqa: F401
     t3a,  # noqa: F401
     tent,  # noqa: F401
+    transnorm,  # noqa: F401
     unmix_tns,  # noqa: F401
 )

@@ -21,7 +21,8 @@ from benchmark.adapter import Adapter
 from benchmark.registry import ADAPTERS, SUITES, load_builtins
 from benchmark.training import seed_everything, train_source
 
-ADAPTER_NAMES = ("dsbn", "ibn_a", "ibn_b", "isw", "iw", "irw", "switchable_norm", "domain_norm")
+ADAPTER_NAMES = ("dsbn", "ibn_a", "ibn_b", "isw", "iw", "irw", "switchable_norm", "domain_norm",
+                 "transnorm")
 GOALS = {"isw": 2.0}
 DEFAULT_GOAL = 1.30
 

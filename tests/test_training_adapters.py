@@ -128,7 +128,7 @@ def test_ibn_a_on_basic_blocks_as_resnet18_ibn_a():
 
 
 @pytest.mark.parametrize("name", ["ibn_a", "ibn_b", "switchable_norm", "isw", "iw", "irw",
-                                  "dsbn", "domain_norm"])
+                                  "dsbn", "domain_norm", "transnorm"])
 def test_surgery_runs_on_small_classification_and_segmentation_models(name):
     for model, shape in ((SmallResNet(10), (2, 10)), (SmallSegNet(19), (2, 19, 32, 32)),
                          (WideResNet(10, depth=10, widen_factor=1), (2, 10))):
@@ -359,7 +359,7 @@ def small_data():
 @pytest.mark.parametrize("name, hparams", [
     ("ibn_a", {}), ("ibn_b", {}), ("switchable_norm", {}), ("iw", {}), ("irw", {}),
     ("isw", {"warmup_steps": 2, "mask_batches": 2, "trials": 1}), ("dsbn", {}),
-    ("domain_norm", {}),
+    ("domain_norm", {}), ("transnorm", {}),
 ])
 def test_training_loop_with_each_adapter(small_data, name, hparams):
     suite, data, target_images, recipe = small_data
@@ -469,3 +469,84 @@ def test_domain_norm_replaces_the_feature_extractors_batchnorm_and_keeps_the_par
         everywhere = ADAPTERS.get("domain_norm")(last_stage=-1).prepare(make())
         assert not any(isinstance(m, nn.BatchNorm2d) for m in everywhere.modules())
         assert sum(isinstance(m, DomainNorm2d) for m in everywhere.modules()) == len(bn)
+
+
+# ---- TransNorm ------------------------------------------------------------------------------
+def _transferability_numpy(mean_s, var_s, mean_t, var_t, eps):
+    """The paper's attention, restated: alpha_j = C (1 + d_j)^-1 / sum_k (1 + d_k)^-1 with
+    d_j = |mu_s / sqrt(var_s + eps) - mu_t / sqrt(var_t + eps)|."""
+    d = np.abs(mean_s / np.sqrt(var_s + eps) - mean_t / np.sqrt(var_t + eps))
+    k = 1.0 / (1.0 + d)
+    return len(k) * k / k.sum()
+
+
+def test_transnorm_eval_uses_the_domains_statistics_and_the_transferability_attention():
+    from adapters.transnorm import TransNorm2d
+
+    torch.manual_seed(0)
+    layer = TransNorm2d(nn.BatchNorm2d(5)).eval()
+    with torch.no_grad():
+        for buffer in (layer.running_mean, layer.target_mean):
+            buffer.copy_(torch.randn(5))
+        for buffer in (layer.running_var, layer.target_var):
+            buffer.copy_(torch.rand(5) + 0.2)
+        layer.weight.copy_(torch.rand(5) + 0.5)
+        layer.bias.copy_(torch.randn(5))
+    x = torch.randn(4, 5, 3, 3)
+    n = {k: v.detach().double().numpy() for k, v in layer.state_dict().items()}
+    alpha = _transferability_numpy(n["running_mean"], n["running_var"], n["target_mean"],
+                                   n["target_var"], layer.eps)
+    assert alpha.sum() == pytest.approx(5.0) and alpha.std() > 0
+    for domain, (mean, var) in {"source": ("running_mean", "running_var"),
+                                "target": ("target_mean", "target_var")}.items():
+        layer.domain = domain
+        c = (1, -1, 1, 1)
+        expected = ((x.double().numpy() - n[mean].reshape(c)) / np.sqrt(n[var].reshape(c)
+                    + layer.eps) * n["weight"].reshape(c) + n["bias"].reshape(c)) \
+            * (1 + alpha.reshape(c))
+        assert np.allclose(layer(x).detach().double().numpy(), expected, atol=1e-5)
+
+
+def test_transnorm_training_normalizes_each_domain_with_its_own_batch_and_running_stats():
+    from adapters.transnorm import TransNorm2d
+
+    torch.manual_seed(1)
+    layer = TransNorm2d(nn.BatchNorm2d(4)).train()
+    source, target = torch.randn(6, 4, 3, 3), torch.randn(5, 4, 3, 3) * 3 + 2
+    layer.split = 6
+    out = layer(torch.cat([source, target])).detach().double().numpy()
+
+    def stats(a):
+        a = a.double().numpy()
+        return a.mean(axis=(0, 2, 3)), a.var(axis=(0, 2, 3)), a.var(axis=(0, 2, 3), ddof=1)
+
+    (ms, vs, us), (mt, vt, ut) = stats(source), stats(target)
+    alpha = _transferability_numpy(ms, us, mt, ut, layer.eps).reshape(1, -1, 1, 1)
+    c = (1, -1, 1, 1)
+    for part, raw, mean, var in ((out[:6], source, ms, vs), (out[6:], target, mt, vt)):
+        expected = (raw.double().numpy() - mean.reshape(c)) / np.sqrt(var.reshape(c)
+                                                                        + layer.eps)
+        assert np.allclose(part, expected * (1 + alpha), atol=1e-5)  # gamma 1, beta 0
+    # each domain's running averages moved towards its own part only (momentum 0.1)
+    assert np.allclose(layer.running_mean.numpy(), 0.1 * ms, atol=1e-6)
+    assert np.allclose(layer.target_mean.numpy(), 0.1 * mt, atol=1e-6)
+    assert np.allclose(layer.target_var.numpy(), 0.9 + 0.1 * ut, atol=1e-5)
+
+
+def test_transnorm_trains_source_and_target_in_one_pass_and_tests_with_target_statistics(
+        small_data):
+    suite, data, target_images, recipe = small_data
+    adapter = ADAPTERS.get("transnorm")()
+    torch.manual_seed(0)
+    model = adapter.prepare(suite.build_model())
+    train_source(model, data, recipe, 0, adapter, torch.device("cpu"), progress=False,
+                 target=("digits-m", target_images))
+    from adapters.transnorm import transnorm_layers
+
+    stem = transnorm_layers(model)[0]
+    assert not torch.equal(stem.running_mean, stem.target_mean)
+    model.eval()
+    adapter.set_context(model, {"role": "target", "domain": "digits-m"})
+    on_target = model(target_images[:8])
+    adapter.set_context(model, {"role": "source"})
+    assert not torch.allclose(on_target, model(target_images[:8]))
