@@ -118,6 +118,10 @@ class TransNorm(Adapter):
     running statistics (context ``role``: target cells use the target's, the source test
     split the source's), alpha from the two running averages.
 
+    Cost: every step forwards and backpropagates a target batch as large as the source
+    batch, so training takes at least twice plain source training (digits: 2.38x CPU time,
+    ``benchmarks/training_overhead.py``).
+
     Trains: all weights on labelled source data, with unlabeled target images through the
     target statistics. Adapts: nothing at test time beyond selecting the domain's
     statistics. Resets: nothing to reset.
