@@ -39,7 +39,7 @@ import pandas as pd
 from benchmark.errors import ShiftbenchError
 from benchmark.report import plots
 from benchmark.report.compare import read_cells
-from benchmark.report.markdown import REPORTED_CSV, load_reported
+from benchmark.report.markdown import REPORTED_CSV, as_metric, load_reported
 from benchmark.store import atomic_write_text
 
 CELLS_SUFFIX = "-cells.csv"
@@ -133,8 +133,7 @@ def _reported_rows(suite: str, columns: list[str], reported: pd.DataFrame,
     rows = []
     for _, r in reported[reported["suite"] == suite].iterrows():
         published, score = str(r["metric"]).lower(), float(r["score"])
-        converted = (score if published == metric else
-                     100.0 - score if published == "error" and metric == "accuracy" else math.nan)
+        converted = as_metric(published, score, metric)
         shown = {"rank": "reported", "adapter": f"{r['method']} [{r['adapter'] or '–'}]",
                  "protocol": str(r["protocol"]), "setting": str(r["setting"]),
                  "metric": metric,

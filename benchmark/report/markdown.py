@@ -52,6 +52,16 @@ def load_reported(path: Path = REPORTED_CSV) -> pd.DataFrame:
     return frame
 
 
+def as_metric(published: str, score: float, metric: str) -> float:
+    """A published number in the suite's metric: as is, 100 - error for accuracy (exact),
+    NaN when no exact conversion exists."""
+    if published == metric:
+        return score
+    if published == "error" and metric == "accuracy":
+        return 100.0 - score
+    return math.nan
+
+
 def _cell(value: Any, decimals: int = 2) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -124,12 +134,7 @@ def _reported_section(suite: Suite, reported: pd.DataFrame, source: str) -> list
     body = []
     for _, r in rows.iterrows():
         metric, score = str(r["metric"]).lower(), float(r["score"])
-        if metric == suite.metric:
-            converted = score
-        elif metric == "error" and suite.metric == "accuracy":
-            converted = 100.0 - score
-        else:
-            converted = math.nan
+        converted = as_metric(metric, score, suite.metric)
         body.append(["*reported*", _cell(r["method"]), _cell(r["adapter"] or "–"),
                      _cell(r["setting"]), _cell(r["protocol"]), _cell(r["architecture"]),
                      f"{metric} {score:g}", _cell(converted), _cell(r["source"]),
