@@ -12,7 +12,9 @@ from adapters import (
     deyo,  # noqa: F401
     domain_norm,  # noqa: F401
     dsbn,  # noqa: F401
+    dson,  # noqa: F401
     dua,  # noqa: F401
+    dwt,  # noqa: F401
     eata,  # noqa: F401
     eta,  # noqa: F401
     ibn_a,  # noqa: F401
@@ -35,4 +37,5 @@ from adapters import (
     tent,  # noqa: F401
     transnorm,  # noqa: F401
     unmix_tns,  # noqa: F401
+    wbn,  # noqa: F401
 )

@@ -128,7 +128,7 @@ def test_ibn_a_on_basic_blocks_as_resnet18_ibn_a():
 
 
 @pytest.mark.parametrize("name", ["ibn_a", "ibn_b", "switchable_norm", "isw", "iw", "irw",
-                                  "dsbn", "domain_norm", "transnorm"])
+                                  "dsbn", "domain_norm", "transnorm", "dwt"])
 def test_surgery_runs_on_small_classification_and_segmentation_models(name):
     for model, shape in ((SmallResNet(10), (2, 10)), (SmallSegNet(19), (2, 19, 32, 32)),
                          (WideResNet(10, depth=10, widen_factor=1), (2, 10))):
@@ -359,7 +359,7 @@ def small_data():
 @pytest.mark.parametrize("name, hparams", [
     ("ibn_a", {}), ("ibn_b", {}), ("switchable_norm", {}), ("iw", {}), ("irw", {}),
     ("isw", {"warmup_steps": 2, "mask_batches": 2, "trials": 1}), ("dsbn", {}),
-    ("domain_norm", {}), ("transnorm", {}),
+    ("domain_norm", {}), ("transnorm", {}), ("dwt", {}),
 ])
 def test_training_loop_with_each_adapter(small_data, name, hparams):
     suite, data, target_images, recipe = small_data
@@ -550,3 +550,86 @@ def test_transnorm_trains_source_and_target_in_one_pass_and_tests_with_target_st
     on_target = model(target_images[:8])
     adapter.set_context(model, {"role": "source"})
     assert not torch.allclose(on_target, model(target_images[:8]))
+
+
+# ---- DWT ------------------------------------------------------------------------------------
+def test_dwt_whitens_each_group_with_the_cholesky_factor_of_its_domains_covariance():
+    """Against numpy: W = L^-1 with L L^T = (1 - eps) Sigma + eps I per group, y = gamma W
+    (x - mu) + beta; with a tiny eps the whitened groups have identity covariance."""
+    from adapters.dwt import DomainWhitening2d
+
+    torch.manual_seed(0)
+    mixing = torch.randn(8, 8)  # correlated channels
+    x = torch.einsum("oc,nchw->nohw", mixing, torch.randn(16, 8, 5, 5)) + torch.randn(8)[:, None,
+                                                                                         None]
+    layer = DomainWhitening2d(8, group_size=4, eps=1e-3).train()
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(8) + 0.5)
+        layer.bias.copy_(torch.randn(8))
+    out = layer(x).detach().double().numpy()
+    a = x.double().numpy().transpose(1, 0, 2, 3).reshape(8, -1)
+    expected = np.empty_like(a)
+    for g in range(2):
+        part = a[4 * g:4 * g + 4]
+        centred = part - part.mean(1, keepdims=True)
+        sigma = centred @ centred.T / centred.shape[1]
+        factor = np.linalg.cholesky((1 - 1e-3) * sigma + 1e-3 * np.eye(4))
+        expected[4 * g:4 * g + 4] = np.linalg.inv(factor) @ centred
+    gamma = layer.weight.detach().double().numpy()[:, None]
+    beta = layer.bias.detach().double().numpy()[:, None]
+    expected = (gamma * expected + beta).reshape(8, 16, 5, 5).transpose(1, 0, 2, 3)
+    assert np.allclose(out, expected, atol=1e-4)
+    plain = DomainWhitening2d(8, group_size=4, eps=1e-7).train()
+    white = plain(x).detach().double().numpy().transpose(1, 0, 2, 3).reshape(8, -1)
+    for g in range(2):
+        cov = np.cov(white[4 * g:4 * g + 4], bias=True)
+        assert np.allclose(cov, np.eye(4), atol=1e-3)
+    assert np.abs(np.cov(white, bias=True)[:4, 4:]).max() > 0.05  # across groups: not whitened
+
+
+def test_dwt_training_whitens_source_and_target_apart_and_tests_with_the_domains_statistics():
+    from adapters.dwt import DomainWhitening2d, group_whiten
+
+    torch.manual_seed(0)
+    layer = DomainWhitening2d(4, group_size=2).train()
+    source, target = torch.randn(6, 4, 3, 3), torch.randn(5, 4, 3, 3) * 3 + 2
+    layer.split = 6
+    out = layer(torch.cat([source, target]))
+    layer.split = None
+    layer.domain = "target"
+    alone = DomainWhitening2d(4, group_size=2).train()
+    alone.domain = "target"
+    torch.testing.assert_close(out[6:], alone(target))  # the target part: its own statistics
+    # running statistics per domain (momentum 0.1 from 0 and the identity)
+    torch.testing.assert_close(layer.running_mean[1], 0.1 * target.mean((0, 2, 3)))
+    torch.testing.assert_close(layer.running_mean[0], 0.1 * source.mean((0, 2, 3)))
+    layer.eval()
+    test = torch.randn(3, 4, 3, 3)
+    for d, domain in enumerate(("source", "target")):
+        layer.domain = domain
+        torch.testing.assert_close(
+            layer(test), group_whiten(test, layer.running_mean[d], layer.running_cov[d],
+                                      layer.eps))
+    layer.domain = "source"
+    assert not torch.allclose(layer(test), group_whiten(test, layer.running_mean[1],
+                                                         layer.running_cov[1], layer.eps))
+
+
+def test_dwt_consensus_loss_and_placement():
+    from adapters.dwt import DomainWhitening2d, min_entropy_consensus
+
+    torch.manual_seed(0)
+    l1, l2 = torch.randn(7, 10), torch.randn(7, 10)
+    p1, p2 = l1.log_softmax(1).numpy(), l2.log_softmax(1).numpy()
+    expected = -np.mean(np.max(0.5 * (p1 + p2), axis=1))
+    assert min_entropy_consensus(l1, l2).item() == pytest.approx(expected, abs=1e-6)
+    confident = torch.zeros(7, 10)
+    confident[:, 3] = 20
+    assert min_entropy_consensus(confident, confident).item() < 1e-6  # agreeing, certain
+    model = ADAPTERS.get("dwt")().prepare(SmallResNet(10))
+    sizes = {n: m.group_size for n, m in model.named_modules()
+             if isinstance(m, DomainWhitening2d)}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert {n for n, g in sizes.items() if g == 4} == {
+        n for n in sizes if n.startswith(("stem.", "layer1."))}
+    assert all(g == 1 for n, g in sizes.items() if n.startswith(("layer2.", "layer3.")))
