@@ -17,6 +17,7 @@ from adapters import (
     dwt,  # noqa: F401
     eata,  # noqa: F401
     eta,  # noqa: F401
+    gbn,  # noqa: F401
     ibn_a,  # noqa: F401
     ibn_b,  # noqa: F401
     irw,  # noqa: F401

@@ -24,16 +24,18 @@ class DomainSpecificOptimizedNorm2d(nn.Module):
     sigma2_in``: mu_in, sigma2_in per image and channel over H, W (biased); mu_bn,d,
     sigma2_bn,d over the domain's mini-batch in training, its running averages at test time.
     Each domain has its own gamma_d, beta_d, running statistics and mixture weights
-    ``(w_d, 1 - w_d) = softmax(mixture[d])`` (one pair per layer and domain, shared by mean
-    and variance as in the paper's equations; the authors' code also has a variant with
-    separate weights for the two). ``select(d)`` picks the branch every forward uses.
+    ``(w_d, 1 - w_d) = softmax(mixture_scale * mixture[d])`` (one pair per layer and domain,
+    shared by mean and variance as in the paper's equations; the authors' code also has a
+    variant with separate weights for the two). ``mixture_scale`` multiplies the learning
+    rate of the mixture logits by its square under SGD (see :class:`DSON`).
+    ``select(d)`` picks the branch every forward uses.
     """
 
     def __init__(self, num_features: int, max_domains: int, eps: float = 1e-5,
-                 momentum: float = 0.1) -> None:
+                 momentum: float = 0.1, mixture_scale: float = 1.0) -> None:
         super().__init__()
         self.num_features, self.max_domains = num_features, max_domains
-        self.eps, self.momentum = eps, momentum
+        self.eps, self.momentum, self.mixture_scale = eps, momentum, mixture_scale
         self.weight = nn.Parameter(torch.ones(max_domains, num_features))
         self.bias = nn.Parameter(torch.zeros(max_domains, num_features))
         self.mixture = nn.Parameter(torch.zeros(max_domains, 2))  # logits of (BN, IN): 1/2 each
@@ -43,9 +45,10 @@ class DomainSpecificOptimizedNorm2d(nn.Module):
         self.domain: int | None = None
 
     @classmethod
-    def from_batchnorm(cls, bn: _BatchNorm, max_domains: int) -> DomainSpecificOptimizedNorm2d:
+    def from_batchnorm(cls, bn: _BatchNorm, max_domains: int, mixture_scale: float = 1.0
+                       ) -> DomainSpecificOptimizedNorm2d:
         layer = cls(bn.num_features, max_domains, bn.eps,
-                    bn.momentum if bn.momentum is not None else 0.1)
+                    bn.momentum if bn.momentum is not None else 0.1, mixture_scale)
         with torch.no_grad():  # every branch starts as the replaced BN
             if bn.affine:
                 layer.weight.copy_(bn.weight.expand(max_domains, -1))
@@ -57,7 +60,7 @@ class DomainSpecificOptimizedNorm2d(nn.Module):
 
     def mixture_weights(self) -> torch.Tensor:
         """(max_domains, 2): each domain's (w_d, 1 - w_d) for (BN, IN); rows sum to one."""
-        return self.mixture.softmax(1)
+        return (self.mixture_scale * self.mixture).softmax(1)
 
     def trained_domains(self) -> list[int]:
         return (self.domain_batches > 0).nonzero().flatten().tolist()
@@ -124,9 +127,19 @@ class DSON(Adapter):
 
     Trains: the whole network, one affine, one statistics set and one (BN, IN) mixture per
     domain and layer. Adapts: nothing at test time. Resets: nothing to reset.
+
+    Learning the mixture: the suite's recipe trains every parameter with one SGD learning
+    rate and weight decay. Under it (``mixture_scale=1``) the mixtures stayed within 0.46-0.59
+    of their initial 1/2 in every layer but the last (0.70) on digits-cams, so each layer
+    kept half of IN's statistics, the deep layers too, and the predictions were nearly
+    uniform (entropy 1.95 nats, unseen camera 72.3%, seed 0). The logits are therefore
+    ``mixture_scale`` (default 10) times the trained parameter: a 100x learning rate for them
+    under SGD, weight decay's relative pull unchanged. The mixtures then learn the pattern
+    IBN-Net builds in by hand (IN in the lower layers, BN in the higher): stem w_bn 0.04,
+    last block 1.00; unseen camera 88.3%, entropy 1.04 (seed 0).
     """
 
-    defaults = {"max_domains": 16}
+    defaults = {"max_domains": 16, "mixture_scale": 10.0}
     setting = "dg"
     changes_training = True
     requires = frozenset({"camera_ids"})
@@ -139,9 +152,10 @@ class DSON(Adapter):
     def prepare(self, model: nn.Module) -> nn.Module:
         require_batchnorm(model, "DSON")
         max_domains = int(self.hparams["max_domains"])
+        scale = float(self.hparams["mixture_scale"])
         paths = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-        return replace_modules(
-            model, paths, lambda bn: DomainSpecificOptimizedNorm2d.from_batchnorm(bn, max_domains))
+        return replace_modules(model, paths, lambda bn: DomainSpecificOptimizedNorm2d
+                               .from_batchnorm(bn, max_domains, scale))
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
         domain = context.get(self.batch_key)

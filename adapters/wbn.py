@@ -155,11 +155,15 @@ class WeightedBN(Adapter):
     """Weighted BN: per-source-domain BN statistics, combined per image by a domain classifier.
 
     Every BatchNorm2d becomes a :class:`WeightedBatchNorm2d` and a domain prediction branch
-    (:class:`DomainHead`) is added. Training (paper Sec. III): each batch holds one source
-    domain (``batch_key = "camera"``: on ``digits-cams`` the four seen cameras), normalized
-    with that domain's statistics (one-hot weights); the domain branch learns to predict the
-    source domain (cross-entropy times ``domain_weight``, added to the task loss); gamma,
-    beta and every other weight are shared. Test time, any image (the source test split
+    (:class:`DomainHead`) is added. Training (paper Sec. III): mini-batches mix the source
+    domains (their ids: the suite's ``camera`` field; on ``digits-cams`` the four seen
+    cameras); each image is normalized with its own domain's statistics computed over that
+    domain's images in the batch (one-hot weights), and the domain branch learns to predict
+    the source domain (cross-entropy times ``domain_weight``, added to the task loss);
+    gamma, beta and every other weight are shared. Mixed batches matter: trained on
+    single-domain batches (one label per batch), the branch learned only the domains'
+    frequencies (25% accuracy on digits-cams, chance), and every test image got equal
+    weights. Test time, any image (the source test split
     too): the branch's probabilities over the source domains weigh the per-domain
     normalizations of every layer, so an image of an unseen domain is normalized as the
     mixture of the source domains it resembles.
@@ -172,7 +176,7 @@ class WeightedBN(Adapter):
     setting = "dg"
     changes_training = True
     requires = frozenset({"camera_ids"})
-    batch_key = "camera"
+    domain_field = "camera"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         require_batchnorm(model, "weighted BN")
@@ -184,7 +188,7 @@ class WeightedBN(Adapter):
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
         assert isinstance(model, WeightedBNNet)
-        ids = context.get(self.batch_key)
+        ids = context.get(self.domain_field)
         # Known ids in training only: at test time every image is weighted by the branch.
         if isinstance(ids, torch.Tensor) and model.training:
             if int(ids.max()) >= model.max_domains:

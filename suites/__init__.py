@@ -3,6 +3,7 @@
 from suites import (
     cifar_c,  # noqa: F401
     digits,  # noqa: F401
+    digits_adv,  # noqa: F401
     digits_c,  # noqa: F401
     digits_cams,  # noqa: F401
     digits_drift,  # noqa: F401
