@@ -50,7 +50,7 @@ from benchmark.plugins import (
     load_file_class,
     protocol_problems,
 )
-from benchmark.registry import ADAPTERS
+from benchmark.registry import ADAPTERS, SUITES
 from benchmark.specs import _FILE_SPEC, AdapterSpec
 from benchmark.suite import DomainData, Recipe, Split, Suite
 
@@ -167,6 +167,10 @@ def check_adapter(reference: str, seed: int = 0,
         else ["episodic", "continual", "mixed", "noniid"]
     try:
         _run_checks(AdapterSpec.parse(reference), seed, _store(), protocols, report)
+        if report.passed:
+            report.summary.append("score it on a real suite (and compare with the leaderboard):")
+            report.summary.append(f"  python run.py run --suite {_real_suite(cls)} --adapters "
+                                  f"source,{_quote(AdapterSpec.parse(reference).text)} --seeds 3")
     except _Stop:
         pass
     return report
@@ -358,9 +362,13 @@ def _run_checks(spec: AdapterSpec, seed: int, results: Path, protocols: list[str
                 f"{d} {mine[d]:.1f}% (source model {source[d]:.1f}%)" for d in CheckSuite.targets))
         report.summary.append(f"time: {time.perf_counter() - start:.1f} s, source models "
                               "trained included")
-        report.summary.append("score it on a real suite (and compare with the leaderboard):")
-        report.summary.append(f"  python run.py run --suite digits --adapters "
-                              f"source,{_quote(spec.text)} --seeds 3")
+
+
+def _real_suite(cls: type[Adapter]) -> str:
+    """The default suite, or the first built-in one that provides what the adapter needs
+    (camera ids: digits-cams)."""
+    names = ["digits", *(n for n, c in SUITES.items() if c.__module__.startswith("suites."))]
+    return next((n for n in names if applicable(cls, SUITES.get(n))), "digits")
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
