@@ -17,7 +17,7 @@ from benchmark.registry import ADAPTERS
 
 
 class DomainSpecificOptimizedNorm2d(nn.Module):
-    """One optimized normalization per source domain d, paper Eq. (4)-(6):
+    """One optimized normalization per source domain d, as the paper defines it:
 
     ``y = gamma_d (x - mu_d) / sqrt(sigma2_d + eps) + beta_d`` with
     ``mu_d = w_d mu_bn,d + (1 - w_d) mu_in`` and ``sigma2_d = w_d sigma2_bn,d + (1 - w_d)
@@ -118,10 +118,10 @@ class DSON(Adapter):
     one source domain each (``batch_key = "camera"``: on ``digits-cams`` the four seen cameras
     are the source domains) and pass through that domain's branch; the convolution and
     classifier weights are shared by all domains, and the mixture weights are learned jointly
-    with them by back-propagation (paper Sec. 3.2). A domain's IN part removes per-image
+    with them by back-propagation. A domain's IN part removes per-image
     style, its BN part keeps the domain's batch statistics; how much of each is learned.
 
-    Inference on an unseen domain (paper Sec. 3.3): the image goes through every trained
+    Inference on an unseen domain (as in the paper): the image goes through every trained
     domain's branch and the class probabilities are averaged. An image of a seen source
     domain whose id the stream names (the source test split) uses its own branch.
 

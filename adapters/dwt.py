@@ -23,8 +23,8 @@ DOMAINS = ("source", "target")
 def group_whiten(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, eps: float
                  ) -> torch.Tensor:
     """``W (x - mu)`` per group of ``g`` consecutive channels, with ``W = L^-1`` and ``L`` the
-    Cholesky factor of the shrunk covariance ``(1 - eps) Sigma + eps I`` (paper Eq. 3-4; the
-    shrinkage is the authors' code's). ``mean`` (C,), ``cov`` (G, g, g)."""
+    Cholesky factor of the shrunk covariance ``(1 - eps) Sigma + eps I`` (the paper's
+    whitening; the shrinkage is the authors' code's). ``mean`` (C,), ``cov`` (G, g, g)."""
     n, c, h, w = x.shape
     groups, g, _ = cov.shape
     centred = (x - mean.view(1, -1, 1, 1)).transpose(0, 1).reshape(groups, g, -1)
@@ -46,7 +46,7 @@ def group_statistics(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
 
 
 class DomainWhitening2d(nn.Module):
-    """Domain-specific whitening, paper Eq. (2)-(4): ``y = gamma * W_d (x - mu_d) + beta``.
+    """Domain-specific whitening: ``y = gamma * W_d (x - mu_d) + beta``.
 
     mu_d and the group covariances Sigma_d (groups of ``group_size`` channels) are the
     domain's batch statistics in training and their running averages (momentum) at test
@@ -131,8 +131,8 @@ def to_dwt(model: nn.Module, group_size: int, last_stage: int, eps: float) -> nn
 
 
 def min_entropy_consensus(logits_1: torch.Tensor, logits_2: torch.Tensor) -> torch.Tensor:
-    """Paper Eq. (6): ``-1/m sum_i max_y 1/2 (log p(y|x_i^1) + log p(y|x_i^2))`` over two
-    views of each target image: low when both views agree on one confident class."""
+    """The paper's MEC loss, ``-1/m sum_i max_y 1/2 (log p(y|x_i^1) + log p(y|x_i^2))`` over
+    two views of each target image: low when both views agree on one confident class."""
     joint = 0.5 * (logits_1.log_softmax(1) + logits_2.log_softmax(1))
     return -joint.max(1).values.mean()
 

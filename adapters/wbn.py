@@ -93,7 +93,11 @@ class WeightedBatchNorm2d(nn.Module):
 
 
 class DomainHead(nn.Module):
-    """The domain prediction branch: a small CNN from the image to source-domain logits."""
+    """The domain prediction branch: a small CNN from the image to source-domain logits.
+
+    The paper branches it off the network's first layers; here it reads the image with two
+    convolutions of its own, so its output never depends on the weighted layers it drives.
+    """
 
     def __init__(self, max_domains: int, width: int = 16) -> None:
         super().__init__()
@@ -155,7 +159,7 @@ class WeightedBN(Adapter):
     """Weighted BN: per-source-domain BN statistics, combined per image by a domain classifier.
 
     Every BatchNorm2d becomes a :class:`WeightedBatchNorm2d` and a domain prediction branch
-    (:class:`DomainHead`) is added. Training (paper Sec. III): mini-batches mix the source
+    (:class:`DomainHead`) is added. Training: mini-batches mix the source
     domains (their ids: the suite's ``camera`` field; on ``digits-cams`` the four seen
     cameras); each image is normalized with its own domain's statistics computed over that
     domain's images in the batch (one-hot weights), and the domain branch learns to predict

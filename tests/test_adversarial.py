@@ -184,3 +184,12 @@ def test_single_bn_baseline_is_plain_batchnorm_with_the_same_adversarial_trainin
     assert all(len(layer.bns) == 1 and layer.gate is None for layer in gated_layers(model))
     with pytest.raises(ValueError, match="one eps per norm"):
         ADAPTERS.get("gbn")(norms="linf,l2", eps="0.1")
+
+
+def test_gated_bn_budget_warmup_grows_linearly_then_holds():
+    adapter = ADAPTERS.get("gbn")(eps_warmup=0.5)
+    adapter.bind("classification", 10, total_steps=10)
+    assert [round(adapter._budget(0, s), 6) for s in (0, 1, 4, 9)] == [0.06, 0.12, 0.3, 0.3]
+    plain = ADAPTERS.get("gbn")(eps_warmup=0.0)
+    plain.bind("classification", 10, total_steps=10)
+    assert plain._budget(2, 0) == 30.0
