@@ -80,12 +80,15 @@ class DomainSpecificOptimizedNorm2d(nn.Module):
         if self.domain is None:
             raise RuntimeError("DSON needs a domain branch (select) before a forward pass")
         d = self.domain
+        # per (n, c) mean and second moment as one mean and one dot product (as Switchable
+        # Norm does): faster on CPU than var, the same values to float rounding
         flat = x.flatten(2)
         mean_in = flat.mean(2)[..., None, None]                                # N x C x 1 x 1
-        var_in = flat.var(2, unbiased=False)[..., None, None]
+        second = (torch.linalg.vecdot(flat, flat) / flat.shape[2])[..., None, None]
+        var_in = (second - mean_in**2).clamp_min(0)
         if self.training:
             mean_bn = mean_in.mean(0, keepdim=True)                            # 1 x C x 1 x 1
-            var_bn = (var_in + mean_in**2).mean(0, keepdim=True) - mean_bn**2
+            var_bn = second.mean(0, keepdim=True) - mean_bn**2
             with torch.no_grad():  # running variance unbiased, as nn.BatchNorm keeps it
                 n = flat.shape[0] * flat.shape[2]
                 self.running_mean[d].lerp_(mean_bn.flatten(), self.momentum)
@@ -98,7 +101,8 @@ class DomainSpecificOptimizedNorm2d(nn.Module):
         mean = w_bn * mean_bn + w_in * mean_in
         var = w_bn * var_bn + w_in * var_in
         scale = self.weight[d].view(1, -1, 1, 1) * (var + self.eps).rsqrt()
-        return (x - mean) * scale + self.bias[d].view(1, -1, 1, 1)
+        # gamma (x - mean) / sqrt(var + eps) + beta as one multiply-add over x
+        return torch.addcmul(self.bias[d].view(1, -1, 1, 1) - mean * scale, x, scale)
 
 
 def dson_layers(model: nn.Module) -> list[DomainSpecificOptimizedNorm2d]:

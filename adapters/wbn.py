@@ -95,14 +95,16 @@ class WeightedBatchNorm2d(nn.Module):
 class DomainHead(nn.Module):
     """The domain prediction branch: a small CNN from the image to source-domain logits.
 
-    The paper branches it off the network's first layers; here it reads the image with two
-    convolutions of its own, so its output never depends on the weighted layers it drives.
+    The paper branches it off the network's first layers; here it reads the image (at half
+    resolution) with two convolutions of its own, so its output never depends on the
+    weighted layers it drives.
     """
 
     def __init__(self, max_domains: int, width: int = 16) -> None:
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        self.features = nn.Sequential(  # half resolution first: style needs no fine detail
+            nn.AvgPool2d(2), nn.Conv2d(3, width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(2 * width, max_domains)

@@ -35,9 +35,10 @@ def adversarial_domain(norm: Norm) -> str:
 
 @SUITES.register("digits-adv")
 class DigitsAdv(Digits):
-    """Embedded: sklearn handwritten digits (clean) -> the same digits under three kinds of
-    adversarial perturbation (targets ``adv-linf``, ``adv-l2``, ``adv-l1``); scores are
-    robust accuracy against these fixed perturbations.
+    """Embedded: sklearn digits (clean) -> L-inf, L2 and L1 PGD perturbations of them.
+
+    Targets ``adv-linf``, ``adv-l2``, ``adv-l1``, one per kind of adversarial perturbation;
+    scores are robust accuracy against these fixed perturbations.
 
     Each target is the ``digits`` test split (599 images; its train split, 1,198 images, for
     domain-adaptation methods) perturbed by PGD with a random start (20 steps, step 2.5
