@@ -68,12 +68,12 @@ class WeightedBatchNorm2d(nn.Module):
         if self.training:
             mass = w.sum(0)                                                    # D
             share = w / mass.clamp_min(1e-12)                                  # N x D
-            mean_img = x.mean((2, 3))                                          # N x C
+            flat = x.flatten(2)
+            mean_img = flat.mean(2)                                            # N x C
+            second_img = torch.linalg.vecdot(flat, flat) / flat.shape[2]      # N x C
             mean = share.t() @ mean_img                                        # D x C
-            # E_w[(x - mu_d)^2] = E_w[mean_hw((x - m_i)^2)] + E_w[(m_i - mu_d)^2]
-            var_img = x.var((2, 3), unbiased=False)                            # N x C
-            var = share.t() @ var_img + share.t() @ mean_img**2 - mean**2
-            var = var.clamp_min(0)
+            # E_w[(x - mu_d)^2] = E_w[mean_hw(x^2)] - mu_d^2, per domain d
+            var = (share.t() @ second_img - mean**2).clamp_min(0)
             with torch.no_grad():
                 used = mass > 1e-6
                 n = mass[used, None] * x.shape[2] * x.shape[3]  # unbiased, as nn.BatchNorm
@@ -89,7 +89,7 @@ class WeightedBatchNorm2d(nn.Module):
         shift = -(w @ (mean * inv_std))                          # N x C: -sum_d w_d mu_d / sigma_d
         scale = scale * self.weight
         shift = shift * self.weight + self.bias
-        return x * scale[..., None, None] + shift[..., None, None]
+        return torch.addcmul(shift[..., None, None], x, scale[..., None, None])
 
 
 class DomainHead(nn.Module):
