@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.adapter import Adapter, TargetStream
+from benchmark.adapter import Adapter, TargetStream, single_id
 from benchmark.layers.norm import estimate_statistics
 from benchmark.registry import ADAPTERS
 
@@ -147,14 +147,7 @@ class CameraBN(Adapter):
         return model
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
-        camera = context.get(self.batch_key)
-        if isinstance(camera, torch.Tensor):  # training: the batch's ids, all equal
-            values = camera.unique()
-            if len(values) != 1:
-                raise ValueError(f"camera BN needs single-camera batches, got ids "
-                                 f"{values.tolist()}")
-            camera = int(values.item())
-        camera = None if camera is None else int(camera)
+        camera = single_id(context.get(self.batch_key), "camera")
         layers = camera_layers(model)
         for layer in layers:
             layer.select(camera)

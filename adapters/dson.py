@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from benchmark.adapter import Adapter
+from benchmark.adapter import Adapter, single_id
 from benchmark.layers.norm import require_batchnorm
 from benchmark.layers.surgery import replace_modules
 from benchmark.registry import ADAPTERS
@@ -162,15 +162,10 @@ class DSON(Adapter):
                                .from_batchnorm(bn, max_domains, scale))
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
-        domain = context.get(self.batch_key)
-        if isinstance(domain, torch.Tensor):  # training: the batch's ids, all equal
-            values = domain.unique()
-            if len(values) != 1:
-                raise ValueError(f"DSON needs single-domain batches, got ids {values.tolist()}")
-            domain = int(values.item())
+        domain = single_id(context.get(self.batch_key), "domain")
         layers = dson_layers(model)
-        if domain is not None and (model.training or int(domain) in layers[0].trained_domains()):
-            self._domain = int(domain)
+        if domain is not None and (model.training or domain in layers[0].trained_domains()):
+            self._domain = domain
             select_domain(model, self._domain)
         else:
             self._domain = None

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.adapter import Adapter
-from benchmark.layers.norm import require_batchnorm
+from benchmark.layers.augment import random_shift
+from benchmark.layers.norm import require_batchnorm, select_role, source_target_split
 from benchmark.layers.surgery import replace_modules, stage_path, stem_norm_path
 from benchmark.registry import ADAPTERS
 
@@ -137,18 +138,6 @@ def min_entropy_consensus(logits_1: torch.Tensor, logits_2: torch.Tensor) -> tor
     return -joint.max(1).values.mean()
 
 
-def random_shift(x: torch.Tensor, pixels: int = 2) -> torch.Tensor:
-    """Each image translated by up to ``pixels`` in each direction (zero padding)."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pixels,) * 4)
-    dy = torch.randint(0, 2 * pixels + 1, (n,))
-    dx = torch.randint(0, 2 * pixels + 1, (n,))
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    return padded[torch.arange(n)[:, None, None, None],
-                  torch.arange(x.shape[1])[None, :, None, None], rows, cols]
-
-
 @ADAPTERS.register("dwt")
 class DWT(Adapter):
     """DWT-MEC: domain-specific whitening in the shallow layers, the consensus loss on target.
@@ -194,22 +183,14 @@ class DWT(Adapter):
                       float(self.hparams["eps"]))
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
-        domain = "target" if context.get("role") == "target" else "source"
-        for layer in dwt_layers(model):
-            layer.domain = domain
+        select_role(dwt_layers(model), context)
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       x_target: torch.Tensor | None, step: int) -> torch.Tensor:
         if x_target is None:
             raise ValueError("dwt trains with unlabeled target data (setting da)")
-        layers = dwt_layers(model)
-        for layer in layers:
-            layer.split = len(x)
-        try:
+        with source_target_split(dwt_layers(model), len(x)):
             logits = model(torch.cat([x, x_target, random_shift(x_target)]))
-        finally:
-            for layer in layers:
-                layer.split = None
         n, m = len(x), len(x_target)
         consensus = min_entropy_consensus(logits[n:n + m], logits[n + m:])
         return (F.cross_entropy(logits[:n], y)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.adapter import Adapter
-from benchmark.layers.norm import require_batchnorm
+from benchmark.layers.norm import require_batchnorm, select_role, source_target_split
 from benchmark.layers.surgery import replace_modules
 from benchmark.registry import ADAPTERS
 
@@ -136,20 +136,12 @@ class TransNorm(Adapter):
         return to_transnorm(model)
 
     def set_context(self, model: nn.Module, context: Mapping[str, Any]) -> None:
-        domain = "target" if context.get("role") == "target" else "source"
-        for layer in transnorm_layers(model):
-            layer.domain = domain
+        select_role(transnorm_layers(model), context)
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       x_target: torch.Tensor | None, step: int) -> torch.Tensor:
         if x_target is None:
             raise ValueError("transnorm trains with unlabeled target data (setting da)")
-        layers = transnorm_layers(model)
-        for layer in layers:
-            layer.split = len(x)
-        try:
+        with source_target_split(transnorm_layers(model), len(x)):
             logits = model(torch.cat([x, x_target]))
-        finally:
-            for layer in layers:
-                layer.split = None
         return F.cross_entropy(logits[:len(x)], y)

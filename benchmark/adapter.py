@@ -165,6 +165,17 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None] | None)
         torch.cuda.set_rng_state_all(state[1])
 
 
+def single_id(value: Any, what: str) -> int | None:
+    """A context field's id as an int: in training the batch's tensor of ids, which must all
+    be equal (single-``what`` batches), at test time a constant, or None when absent."""
+    if isinstance(value, torch.Tensor):
+        values = value.unique()
+        if len(values) != 1:
+            raise ValueError(f"needs single-{what} batches, got ids {values.tolist()}")
+        return int(values.item())
+    return None if value is None else int(value)
+
+
 def hparam_type_problem(default: Any, value: Any) -> str | None:
     """Why ``value`` cannot replace ``default`` (None if it can): it must have the default's
     type; an int may stand for a float; a default of None accepts anything."""

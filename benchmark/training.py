@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark.adapter import Adapter
+from benchmark.layers.augment import random_shift
 from benchmark.metrics import IGNORE_INDEX
 from benchmark.suite import DomainData, Recipe
 
@@ -40,15 +41,7 @@ def _augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Te
     if kind == "none":
         return x
     if kind == "shift":  # random translation by up to 2 px (pad with zeros, crop back)
-        n, _, h, w = x.shape
-        padded = F.pad(x, (2, 2, 2, 2))
-        dy = torch.randint(0, 5, (n,), generator=generator)
-        dx = torch.randint(0, 5, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-        batch = torch.arange(n)[:, None, None, None]
-        chan = torch.arange(x.shape[1])[None, :, None, None]
-        return padded[batch, chan, rows, cols]
+        return random_shift(x, 2, generator)
     raise ValueError(f"unknown augmentation {kind!r}")
 
 

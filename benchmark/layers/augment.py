@@ -8,6 +8,20 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 
+def random_shift(x: torch.Tensor, pixels: int = 2,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image translated by up to ``pixels`` in each direction (zero padding, cropped back
+    to its size); the recipes' ``shift`` augmentation. ``generator=None``: torch's global one."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pixels,) * 4)
+    dy = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pixels + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None],
+                  torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 class RandomGamma(v2.Transform):
     """Gamma correction with gamma drawn uniformly from ``gamma`` (CoTTA's colour jitter
     includes it; torchvision's ColorJitter does not)."""

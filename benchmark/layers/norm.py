@@ -6,7 +6,9 @@ not by a single concrete type, so converted or subclassed BN layers are found to
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,3 +86,25 @@ def estimate_statistics(model: nn.Module, layers: Sequence[nn.Module],
             var = (total_sq - count * mean * mean) / max(count - 1, 1)
             layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
             layer.running_var.copy_(var.clamp_min(0).to(layer.running_var.dtype))
+
+
+@contextmanager
+def source_target_split(layers: Sequence[nn.Module], n_source: int) -> Iterator[None]:
+    """Inside the block, layers with per-domain statistics (``split`` attribute: TransNorm,
+    DWT) normalize the first ``n_source`` images of a forward pass as source and the rest as
+    target, each with its own batch statistics; afterwards ``domain`` selects again."""
+    for layer in layers:
+        layer.split = n_source
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.split = None
+
+
+def select_role(layers: Iterable[nn.Module], context: Mapping[str, Any]) -> None:
+    """Source/target-statistics layers (``domain`` attribute) follow the context's role:
+    target cells use the target's statistics, everything else the source's."""
+    domain = "target" if context.get("role") == "target" else "source"
+    for layer in layers:
+        layer.domain = domain
