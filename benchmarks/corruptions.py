@@ -12,6 +12,11 @@ generating a data set sees.
     python benchmarks/corruptions.py --threads 2   # torch may use both cores
     python benchmarks/corruptions.py --images 1000
     python benchmarks/corruptions.py --threads 2 --busy 1  # the other core kept busy
+    python benchmarks/corruptions.py --imagenet --images 20  # 224x224, ImageNet-C constants
+
+With ``--imagenet`` both packages corrupt 224x224 crops with the ImageNet-C constants (the
+engine's ``constants="imagenet"``; imagecorruptions' own), i.e. the same corruptions: the
+like-for-like comparison, and the cost of generating ImageNet-C targets.
 
 The engine itself always computes with one CPU thread (``suites.corruptions.corrupt``
 restores the caller's setting afterwards); ``--threads`` sets torch's count around it.
@@ -38,6 +43,12 @@ CIFAR-10-C's and its per-image work differs; shiftbench applies the CIFAR-10-C (
 constants. The comparison is of throughput, not of outputs. Corruptions that
 imagecorruptions cannot run with the installed numpy / scikit-image are reported as
 failed and left out of the total."""
+
+
+NOTE_IMAGENET = """\
+Note: both packages applied the ImageNet-C constants to 224x224 images: the same
+corruptions (the deterministic ones give equal outputs; see the ImageNet-C suite's notes).
+imagecorruptions' frost rescales its photos by 1.1 (the script does not)."""
 
 
 def load_reference():
@@ -72,10 +83,10 @@ def time_reference(reference_corrupt, images_u8: np.ndarray, name: str
     return time.perf_counter() - start, ""
 
 
-def time_engine(images: torch.Tensor, name: str) -> float:
+def time_engine(images: torch.Tensor, name: str, constants: str) -> float:
     start = time.perf_counter()
     for severity in SEVERITIES:
-        corrupt(images, name, severity, seed=severity)
+        corrupt(images, name, severity, seed=severity, constants=constants)
     return time.perf_counter() - start
 
 
@@ -88,7 +99,9 @@ def _spin(stop) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200, help="32x32 images (default 200)")
+    parser.add_argument("--images", type=int, default=200, help="images (default 200)")
+    parser.add_argument("--imagenet", action="store_true",
+                        help="224x224 images and the ImageNet-C constants for both packages")
     parser.add_argument("--device", default="cpu", help="device for shiftbench's engine")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1, like imagecorruptions' numpy; "
@@ -115,12 +128,15 @@ def main(argv: list[str] | None = None) -> None:
 def measure(args: argparse.Namespace) -> None:
 
     reference_corrupt = load_reference()
-    crops = random_crops(args.images, 32, np.random.default_rng(0), downscale=4)
+    size, constants = (224, "imagenet") if args.imagenet else (32, "cifar")
+    crops = random_crops(args.images, size, np.random.default_rng(0),
+                         downscale=1 if args.imagenet else 4)
     images_u8 = np.round(crops * 255).astype(np.uint8)
     images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(255).to(args.device)
 
     per_image = 1000 / args.images
-    print(f"{args.images} images of 32x32, 5 severities each, torch threads: "
+    print(f"{args.images} images of {size}x{size}, {constants} constants, 5 severities each, "
+          "torch threads: "
           f"{torch.get_num_threads()} (the engine uses 1 on CPU), busy processes: "
           f"{args.busy}, device: {args.device}")
     print(f"{'corruption':18s} {'shiftbench':>11s} {'imagecorr.':>11s} {'ratio':>8s}   "
@@ -129,8 +145,8 @@ def measure(args: argparse.Namespace) -> None:
     failures = []
     for name in ALL_CORRUPTIONS:
         for severity in SEVERITIES:  # warm-up: lazy imports and per-severity cached tables
-            corrupt(images[:2], name, severity, seed=0)
-        ours = time_engine(images, name)
+            corrupt(images[:2], name, severity, seed=0, constants=constants)
+        ours = time_engine(images, name, constants)
         reference, error = time_reference(reference_corrupt, images_u8, name)
         if reference is None:
             failures.append(name)
@@ -144,7 +160,7 @@ def measure(args: argparse.Namespace) -> None:
           f"{reference_total * per_image:11.3f} {reference_total / ours_total:7.1f}x")
     if failures:
         print(f"imagecorruptions failed on: {', '.join(failures)}")
-    print(NOTE)
+    print(NOTE_IMAGENET if args.imagenet else NOTE)
 
 
 if __name__ == "__main__":

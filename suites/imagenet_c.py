@@ -9,9 +9,25 @@ Layout under ``--data-root`` (the release's folders, ImageFolder-style)::
 
 Classes are the 1000 wnids in sorted order, which is torchvision's ImageNet class index, so
 ``--source-model torchvision:resnet50.IMAGENET1K_V1`` predicts in the same index. Images
-are decoded lazily, batch by batch, with the evaluation transform of Hendrycks & Dietterich
-and of Tent (Wang et al., ICLR 2021): resize the shorter side to 256 (bilinear, antialiased),
-centre-crop 224, [0, 1] floats; the model standardizes them itself.
+are decoded lazily, batch by batch, with one transform for every domain: resize the shorter
+side to 256 (bilinear, antialiased), centre-crop 224, [0, 1] floats; the model standardizes
+them itself. That is RobustBench's ``load_imagenetc`` (``prepr="Res256Crop224"``, Croce et
+al., arXiv:2010.09670); the release's files are already 224x224, so they are enlarged to
+256 and cropped back, as RobustBench does (loaders that read the files as they are exist
+too, and give somewhat different numbers).
+
+Without ``ImageNet-C/`` the targets are generated from ``imagenet/val/`` (``--targets``
+limits which): each validation image is resized (shorter side 256, PIL bilinear) and
+centre-cropped to 224 as in ``make_imagenet_c.py``, corrupted by ``suites.corruptions`` with
+the ImageNet-C constants (``constants="imagenet"``; the deterministic corruptions equal the
+script's arithmetic, the random ones match it in distribution), cast to 8 bits and saved as
+JPEG with quality 85, as the script saves them, into ``ImageNet-C-generated/`` (or
+``ImageNet-C-5k-generated/``) in the release's layout. Such data is not the release: the
+fingerprint starts with ``generated:`` instead of ``official:``, so its results never mix
+with official ones. Generation runs on CPU at ~10-30 ms per image and corruption (measured
+on 224x224 crops here; snow's first call builds its tables), so a small validation folder
+(a few hundred images) is generated in minutes, the 5,000-image subset in ~1 h per
+corruption and severity pass over all 75 targets... GPU work, as is evaluating it.
 
 The suite does not train a source model: give ``--source-model`` or ``--source-checkpoint``.
 A target's train split is its test images (transductive, as the TTA literature evaluates).
@@ -23,20 +39,27 @@ seed (``--device cuda``; batch 64 as in Tent). ``imagenet-c-5k`` evaluates the f
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from benchmark.errors import DatasetNotFoundError
+from benchmark.errors import DatasetNotFoundError, GeneratedDataWarning
 from benchmark.registry import SUITES
+from benchmark.store import atomic_write_bytes, atomic_write_text
 from benchmark.suite import DomainData, Recipe, Split, Suite
-from suites.corruptions import CORRUPTIONS, SEVERITIES
+from suites._cache import engine_identity
+from suites.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 RELEASE_URL = "https://zenodo.org/record/2235448"
 SUBSET_FILE = "imagenet_test_image_ids.txt"  # "<wnid>/<file>.JPEG" per line
 RESIZE, CROP = 256, 224
+SAVED_QUALITY = 85  # make_imagenet_c.py saves every corrupted image as JPEG, quality 85
 
 
 class JpegImages:
@@ -79,11 +102,14 @@ class ImageNetCBase(Suite):
     trains_source = False
     eval_batch_size = 64
     subset: ClassVar[bool] = False
+    generated_folder: ClassVar[str] = "ImageNet-C-generated"
+    generation_chunk: ClassVar[int] = 32  # images per engine call (part of the data key)
 
     def __init__(self, root: str | Path | None = None, download: bool = False) -> None:
         super().__init__(root, download)
         self._files: dict[str, list[tuple[Path, int]]] = {}
         self._classes: list[str] | None = None
+        self._kind: str | None = None  # "official" or "generated", decided on first use
 
     def target_factors(self) -> dict[str, dict[str, Any]]:
         return {f"{c}-{s}": {"corruption": c, "severity": s}
@@ -101,7 +127,30 @@ class ImageNetCBase(Suite):
         if domain == self.source:
             return self._root() / "imagenet" / "val"
         corruption, severity = domain.rsplit("-", 1)
-        return self._root() / "ImageNet-C" / corruption / severity
+        top = "ImageNet-C" if self.data_kind == "official" else self.generated_folder
+        return self._root() / top / corruption / severity
+
+    @property
+    def data_kind(self) -> str:
+        """``official`` (the release's files) or ``generated`` (from the validation images)."""
+        if self._kind is None:
+            official = self._root() / "ImageNet-C"
+            val = self._root() / "imagenet" / "val"
+            if official.is_dir():
+                self._kind = "official"
+            elif not val.is_dir():
+                raise DatasetNotFoundError(
+                    f"{official} not found, nor {val} to generate it from. "
+                    + self._missing(official / "<corruption>" / "<severity>"))
+            else:
+                warnings.warn(
+                    f"{official} not found: generating the corruptions of {val} with "
+                    f"suites.corruptions (ImageNet-C constants) into "
+                    f"{self._root() / self.generated_folder} (not the official release; "
+                    f"results are kept apart). For the release: download it from "
+                    f"{RELEASE_URL}", GeneratedDataWarning, stacklevel=2)
+                self._kind = "generated"
+        return self._kind
 
     def classes(self, folder: Path) -> list[str]:
         """The wnids in sorted order (the class index); every domain's folder holds all."""
@@ -128,6 +177,8 @@ class ImageNetCBase(Suite):
         if domain not in self.domains:
             raise KeyError(f"suite {self.name!r} has no domain {domain!r}; has {self.domains}")
         if domain not in self._files:
+            if domain != self.source and self.data_kind == "generated":
+                self._ensure_generated(domain)
             folder = self._folder(domain)
             if not folder.is_dir():
                 raise DatasetNotFoundError(f"{domain}: {folder} not found. "
@@ -152,6 +203,47 @@ class ImageNetCBase(Suite):
     def _subset(self) -> set[str]:
         raise NotImplementedError
 
+    # ---- generated targets -------------------------------------------------------------
+    def generator_key(self) -> dict[str, Any]:
+        """Everything generated data depends on; stored beside it, compared on every use."""
+        return {"engine": engine_identity(), "constants": "imagenet",
+                "saved_quality": SAVED_QUALITY, "chunk": self.generation_chunk,
+                "validation": self.split_fingerprint(self.source, "test"),
+                "seeds": "(70000 + 100 * corruption + 10 * severity) * 1000 + chunk"}
+
+    def _ensure_generated(self, domain: str) -> None:
+        """Write one target's images unless the manifest lists it under the current key (a
+        changed key regenerates every target; an interrupted target is redone)."""
+        top = self._root() / self.generated_folder
+        manifest_path = top / "generator.json"
+        key = self.generator_key()
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        done = manifest.get("done", []) if manifest.get("key") == key else []
+        if domain in done:
+            return
+        corruption, severity = domain.rsplit("-", 1)
+        folder = top / corruption / severity
+        sources = self.files(self.source)
+        print(f"generating {self.generated_folder}/{corruption}/{severity} "
+              f"({len(sources)} images)", file=sys.stderr, flush=True)
+        for wnid in self.classes(self._folder(self.source)):
+            (folder / wnid).mkdir(parents=True, exist_ok=True)
+        base = 70_000 + 100 * CORRUPTIONS.index(corruption) + 10 * int(severity)
+        for start in range(0, len(sources), self.generation_chunk):
+            chunk = sources[start:start + self.generation_chunk]
+            batch = torch.stack([script_crop(path) for path, _ in chunk])
+            seed = base * 1000 + start // self.generation_chunk
+            out = corrupt(batch.float().div(255), corruption, int(severity), seed,
+                          constants="imagenet")
+            pixels = out.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            for (path, _), image in zip(chunk, pixels, strict=True):
+                atomic_write_bytes(folder / path.parent.name / path.name, jpeg_bytes(image))
+        done = sorted({*done, domain})
+        atomic_write_text(manifest_path, json.dumps({"key": key, "done": done}, indent=1))
+
     # ---- suite protocol ----------------------------------------------------------------
     def load(self, domain: str, split: Split) -> DomainData:
         if split not in ("train", "test"):
@@ -169,12 +261,39 @@ class ImageNetCBase(Suite):
         return h.hexdigest()
 
     def fingerprint(self) -> str:
+        """``official:<sha256>`` over every domain's file list, or ``generated:<sha256>`` over
+        the generator key (which covers the validation files): computing it never
+        generates data."""
         if self._fingerprint is None:
             h = hashlib.sha256(self.name.encode())
-            for domain in self.domains:
-                h.update(f"{domain}:{self.split_fingerprint(domain, 'test')}\n".encode())
-            self._fingerprint = h.hexdigest()
+            if self.data_kind == "generated":
+                h.update(json.dumps(self.generator_key(), sort_keys=True).encode())
+            else:
+                for domain in self.domains:
+                    h.update(f"{domain}:{self.split_fingerprint(domain, 'test')}\n".encode())
+            self._fingerprint = f"{self.data_kind}:{h.hexdigest()}"
         return self._fingerprint
+
+
+def script_crop(path: Path) -> torch.Tensor:
+    """make_imagenet_c.py's input: the image as RGB, shorter side resized to 256 by PIL's
+    bilinear filter (torchvision's Resize on a PIL image), centre-cropped to 224; uint8
+    (3, 224, 224)."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    with Image.open(path) as image:
+        picture = F.center_crop(F.resize(image.convert("RGB"), [RESIZE]), [CROP, CROP])
+        return F.pil_to_tensor(picture)
+
+
+def jpeg_bytes(image: Any) -> bytes:
+    """An (H, W, 3) uint8 array saved as the script saves it (quality 85, optimized)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=SAVED_QUALITY, optimize=True)
+    return buffer.getvalue()
 
 
 @SUITES.register("imagenet-c")
@@ -196,6 +315,7 @@ class ImageNetC5k(ImageNetCBase):
     """
 
     subset = True
+    generated_folder = "ImageNet-C-5k-generated"
 
     def _subset(self) -> set[str]:
         candidates = [self._root() / SUBSET_FILE]

@@ -2,7 +2,8 @@
 
 An offline stand-in for GTA5 -> Cityscapes. Every image comes from one layout distribution
 (a road to a vanishing point, sidewalks, lawns, buildings, sky, trees, poles with signs and
-lights, cars, people; labels are Cityscapes trainIds) and is rendered in one of two styles:
+lights, cars, people; 12 of the 19 Cityscapes classes, see ``CLASSES``) and is rendered in
+one of two styles:
 
 - ``synthetic`` (source, like a game engine): flat shading, saturated colours, no texture,
   no noise, one fixed bright exposure.
@@ -27,19 +28,27 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from benchmark.metrics import Metric
+from benchmark.metrics import MeanIoU, Metric
 from benchmark.registry import SUITES
 from benchmark.store import atomic_write_bytes
 from benchmark.suite import DomainData, Recipe, Split, Suite
 from suites._photos import bundled_photos
-from suites.segmentation import NUM_CLASSES, TRAIN_ID, make_miou
+from suites.segmentation import CLASS_NAMES
 
-GENERATOR_VERSION = 1  # bump whenever a change alters any generated pixel or label
+GENERATOR_VERSION = 2  # bump whenever a change alters any generated pixel or label
 
-ROAD, SIDEWALK, BUILDING = TRAIN_ID["road"], TRAIN_ID["sidewalk"], TRAIN_ID["building"]
-POLE, LIGHT, SIGN = TRAIN_ID["pole"], TRAIN_ID["traffic light"], TRAIN_ID["traffic sign"]
-VEGETATION, TERRAIN, SKY = TRAIN_ID["vegetation"], TRAIN_ID["terrain"], TRAIN_ID["sky"]
-PERSON, CAR, FENCE = TRAIN_ID["person"], TRAIN_ID["car"], TRAIN_ID["fence"]
+# The classes the scenes draw, in Cityscapes trainId order and numbered 0..11 (the other
+# seven Cityscapes classes -- wall, rider, truck, bus, train, motorcycle, bicycle -- are
+# never drawn, so the suite neither declares nor scores them).
+CLASSES: tuple[str, ...] = tuple(name for name in CLASS_NAMES if name in {
+    "road", "sidewalk", "building", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "car"})
+LABEL = {name: i for i, name in enumerate(CLASSES)}
+
+ROAD, SIDEWALK, BUILDING = LABEL["road"], LABEL["sidewalk"], LABEL["building"]
+POLE, LIGHT, SIGN = LABEL["pole"], LABEL["traffic light"], LABEL["traffic sign"]
+VEGETATION, TERRAIN, SKY = LABEL["vegetation"], LABEL["terrain"], LABEL["sky"]
+PERSON, CAR, FENCE = LABEL["person"], LABEL["car"], LABEL["fence"]
 
 # Surface colours (RGB in [0, 1]) each instance draws from: the scene's content, shared by
 # both styles. Several options per class so colour alone does not name every class.
@@ -92,7 +101,8 @@ def _colour(rng: np.random.Generator, label: int) -> np.ndarray:
 
 
 def draw_layout(rng: np.random.Generator, height: int, width: int) -> Canvas:
-    """One street scene: labels (trainIds) and surface colours, from ``rng`` alone."""
+    """One street scene: labels (indices into ``CLASSES``) and surface colours, from ``rng``
+    alone."""
     c = Canvas(height, width)
     horizon = height * rng.uniform(0.36, 0.5)
     vanish = width * rng.uniform(0.38, 0.62)
@@ -259,7 +269,8 @@ def render_real(canvas: Canvas, rng: np.random.Generator, crops_per_image: int =
 def generate(
     count: int, layout_seed: int, style: str, style_seed: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` scenes as uint8 images (N, H, W, 3) and trainId labels (N, H, W).
+    """``count`` scenes as uint8 images (N, H, W, 3) and labels (N, H, W), indices into
+    ``CLASSES``.
 
     Image i's layout depends only on (layout_seed, i), its rendering only on
     (style_seed, i): two calls with one layout seed draw the same scenes in either style.
@@ -289,23 +300,28 @@ def _generated(key: tuple) -> tuple[np.ndarray, np.ndarray]:
 class Scenes(Suite):
     """Embedded: procedural street scenes, synthetic (flat) style -> real (photo-textured) style.
 
-    Like GTA5 -> Cityscapes at 64x128: 19 Cityscapes classes (the scenes draw road, sidewalk,
-    building, fence, pole, traffic light, traffic sign, vegetation, terrain, sky, person and
-    car; classes absent from both labels and predictions are left out of the mean), mIoU.
-    Source ``synthetic``: 1,000 train and 300 test scenes, flat saturated shading. Target
+    Like GTA5 -> Cityscapes at 64x128, scored by mIoU over the 12 Cityscapes classes the
+    scenes draw (``CLASSES``: road, sidewalk, building, fence, pole, traffic light, traffic
+    sign, vegetation, terrain, sky, person, car; numbered 0..11), each present in the test
+    split. Source ``synthetic``: 1,000 train and 300 test scenes, flat saturated shading. Target
     ``real``: the same 300 test layouts, and 1,000 other train layouts (unlabelled target
     data of DA methods), rendered with natural-photo textures, random exposure / white
     balance / gamma, blur and sensor noise (see the module docstring). Data are generated
     deterministically from fixed seeds in a few seconds and kept in memory; with
     ``--data-root DIR`` they are also cached in ``DIR/scenes/`` (written atomically).
+
+    Recipe: 12 epochs of SGD at lr 0.3 (cosine). Measured (seed 0-2, BN source model): the
+    thin classes need it -- after 6 epochs at lr 0.05 fence, pole, traffic light and traffic
+    sign stay at 0 IoU in-domain (mIoU 49.5); with this recipe in-domain mIoU is ~82 and
+    the weakest class (fence or pole) ~50.
     """
 
     task = "segmentation"
     metric = "miou"
     source = "synthetic"
     targets = ("real",)
-    num_classes = NUM_CLASSES
-    recipe = Recipe(arch="small_segnet", epochs=6, batch_size=32, lr=0.05, weight_decay=1e-4)
+    num_classes = len(CLASSES)
+    recipe = Recipe(arch="small_segnet", epochs=12, batch_size=32, lr=0.3, weight_decay=1e-4)
     eval_batch_size = 64
     height, width = 64, 128
     sizes = {"train": 1000, "test": 300}
@@ -320,7 +336,7 @@ class Scenes(Suite):
         self._cache: dict[tuple[str, str], DomainData] = {}
 
     def make_metric(self) -> Metric:
-        return make_miou(self.num_classes)
+        return MeanIoU(self.num_classes, CLASSES)
 
     def data_paths(self) -> list[Path]:
         from suites._photos import package_data_paths

@@ -343,7 +343,7 @@ def test_frost_rescales_the_image_at_three_to_five():
         assert diff.max() <= c0 + 1.5 / 255
         if c0 < 1:
             assert diff.max() >= c0 - 1.5 / 255
-    assert [c0 for c0, _ in FROST] == [1, 1, 0.9, 0.85, 0.75]
+    assert [c0 for c0, _, _ in FROST] == [1, 1, 0.9, 0.85, 0.75]
 
 
 def test_frost_uses_the_release_photos_when_a_package_ships_them(batch, tmp_path, monkeypatch):
@@ -429,7 +429,7 @@ def test_shot_noise_draws_follow_the_poisson_law(severity, value):
     photons = SHOT_NOISE[severity - 1]
     x = torch.full((40, 3, 32, 32), value)
     gen = torch.Generator().manual_seed(severity)
-    counts = torch.round(shot_noise(x.clone(), severity, gen) * photons).long().flatten()
+    counts = torch.round(shot_noise(x.clone(), photons, gen) * photons).long().flatten()
     rate = value * photons
     ks = np.arange(int(counts.max()) + 2)
     expected = stats.poisson.pmf(ks, rate) * len(counts)
@@ -468,3 +468,34 @@ def test_pixelate_round_trip_equals_pil_box_down_and_up_at_other_sizes(size):
             pil = Image.fromarray(image).resize((small, small), Image.BOX)
             expected = np.asarray(pil.resize((size, size), Image.BOX))
             np.testing.assert_array_equal(out.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("delta", [1, 2, 4])
+def test_glass_walk_equals_the_scripts_sequential_swaps(delta):
+    """The script's pixel walk, run literally in NumPy (bottom-right to top-left, the tuple
+    "swap" of numpy views), with the same offsets: equal to ``glass_walk``. With delta >= 2
+    (ImageNet-C) a pixel can read a neighbour that was already overwritten."""
+    from suites.corruptions.blur import glass_walk
+
+    rng = np.random.default_rng(delta)
+    n, h, w = 2, 13, 11
+    image = rng.integers(0, 256, (n, h, w, 3)).astype(np.float64)
+    dy = rng.integers(-delta, delta, (n, h, w))
+    dx = rng.integers(-delta, delta, (n, h, w))
+    expected = image.copy()
+    for k in range(n):
+        x = expected[k]
+        for row in range(h - delta, delta, -1):
+            for col in range(w - delta, delta, -1):
+                r, c = row + dy[k, row, col], col + dx[k, row, col]
+                x[row, col], x[r, c] = x[r, c], x[row, col]
+    out = glass_walk(torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
+                     torch.from_numpy(dy), torch.from_numpy(dx), delta)
+    assert np.array_equal(out.permute(0, 2, 3, 1).numpy(), expected)
+    one_step = image.copy()  # every interior pixel reading its source's original value
+    for k in range(n):
+        for row in range(delta + 1, h - delta + 1):
+            for col in range(delta + 1, w - delta + 1):
+                one_step[k, row, col] = image[k, row + dy[k, row, col], col + dx[k, row, col]]
+    # with delta 1 that is the walk; from 2 on the chains of overwritten pixels matter
+    assert np.array_equal(one_step, expected) == (delta == 1)

@@ -115,3 +115,81 @@ def test_the_5k_subset_reads_only_the_listed_files(tmp_path):
     data = ImageNetC5k(root=tmp_path).load("gaussian_noise-5", "test")
     assert data.labels.tolist() == [3, 999]
     assert data.images[torch.arange(2)].shape == (2, 3, 224, 224)
+
+
+def script_contrast_jpeg(path, factor: float) -> bytes:
+    """make_imagenet_c.py for one image, restated with PIL and NumPy: Resize(256) (PIL
+    bilinear, shorter side 256, longer int(256 * long / short)), CenterCrop(224), contrast
+    in float64, np.uint8 of clip(x, 0, 1) * 255, JPEG quality 85 (optimized)."""
+    import io
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        w, h = image.size
+        size = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+        image = image.resize(size, Image.BILINEAR)
+        left, top = int(round((size[0] - 224) / 2)), int(round((size[1] - 224) / 2))
+        x = np.asarray(image.crop((left, top, left + 224, top + 224))) / 255.0
+    means = np.mean(x, axis=(0, 1), keepdims=True)
+    out = np.uint8(np.clip((x - means) * factor + means, 0, 1) * 255)
+    buffer = io.BytesIO()
+    Image.fromarray(out).save(buffer, format="JPEG", quality=85, optimize=True)
+    return buffer.getvalue()
+
+
+def test_without_the_release_targets_are_generated_from_validation_images(tmp_path,
+                                                                          monkeypatch):
+    """ImageNet-C-generated/ in the release's layout, made from imagenet/val with the
+    ImageNet-C constants and saved as the script saves; only the targets a run evaluates;
+    kept apart from official data; reused on the next run."""
+    from tiny_suite import TinyImageNetC
+
+    from benchmark.errors import GeneratedDataWarning
+    from suites.corruptions.digital import IMAGENET
+
+    torchvision_cache(tmp_path, monkeypatch)
+    write_release(tmp_path / "data", domains=("imagenet/val",))
+    with pytest.warns(GeneratedDataWarning, match="not the official release"):
+        summary = Runner(run_config(tmp_path, targets=["contrast-2"])).run()
+    assert (summary.done, summary.failed) == (4, 0), summary.failures
+    generated = tmp_path / "data" / "ImageNet-C-generated"
+    assert sorted(p.name for p in generated.iterdir()) == ["contrast", "generator.json"]
+    assert len([p for p in (generated / "contrast" / "2").iterdir() if p.is_dir()]) == 1000
+    for k in USED:  # contrast is deterministic: the files equal the script's, byte for byte
+        for source in sorted((tmp_path / "data" / "imagenet" / "val" / WNIDS[k]).iterdir()):
+            made = generated / "contrast" / "2" / WNIDS[k] / source.name
+            assert made.read_bytes() == script_contrast_jpeg(source, IMAGENET["contrast"][1])
+    stamps = {p: p.stat().st_mtime_ns for p in generated.rglob("*.JPEG")}
+
+    suite = TinyImageNetC(root=tmp_path / "data")
+    with pytest.warns(GeneratedDataWarning):
+        kind = suite.fingerprint()
+    assert kind.startswith("generated:")
+    data = suite.load("contrast-2", "test")  # reused: nothing is rewritten
+    assert data.images[torch.arange(2)].shape == (2, 3, 224, 224)
+    assert {p: p.stat().st_mtime_ns for p in generated.rglob("*.JPEG")} == stamps
+    # the official release, once present, is used instead, under another fingerprint
+    write_release(tmp_path / "data", domains=("ImageNet-C/gaussian_noise/5",
+                                              "ImageNet-C/contrast/2"))
+    official = TinyImageNetC(root=tmp_path / "data")
+    assert official.fingerprint().startswith("official:")
+    assert official.files("contrast-2")[0][0].is_relative_to(tmp_path / "data" / "ImageNet-C")
+
+
+def test_imagenet_constants_reach_the_engine():
+    """constants='imagenet' selects the ImageNet-C script's table: contrast at severity 3
+    is (x - mean) * 0.2 + mean there (0.4 for CIFAR), and an unknown table is refused."""
+    from suites.corruptions import corrupt
+
+    x = torch.rand(2, 3, 16, 16).mul(255).round().div(255)
+    means = x.double().mean((2, 3), keepdim=True)
+    outputs = {}
+    for constants, factor in (("imagenet", 0.2), ("cifar", 0.4)):
+        expected = ((x.double() - means) * factor + means).clamp(0, 1).mul(255).floor()
+        outputs[constants] = corrupt(x, "contrast", 3, 0, constants=constants).mul(255).round()
+        # in grey levels; a level apart only where a value sits on a level (float rounding)
+        assert (outputs[constants] - expected).abs().max() <= 1
+        assert (outputs[constants] == expected).double().mean() > 0.99
+    assert (outputs["imagenet"] - outputs["cifar"]).abs().mean() > 5
+    with pytest.raises(ValueError, match="unknown constants"):
+        corrupt(x, "contrast", 3, 0, constants="tiny")

@@ -1,6 +1,7 @@
 """mIoU against a confusion matrix worked out by hand."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,11 @@ def test_segmentation_board_has_a_per_class_iou_column_group():
     board = board_frame(suite, pd.DataFrame(rows)).set_index("adapter")
     assert board.loc["source", "iou/road"] == pytest.approx(85.0)
     assert board.loc["source", "iou/pole"] == pytest.approx(10.0)  # mean over cells scoring it
+    # the per-class group follows the suite's class order (road is class 0, pole class 4),
+    # and the rendered leaderboard names the classes the mean is taken over
+    columns = list(board.columns)
+    assert columns.index("iou/road") < columns.index("iou/pole")
+    from benchmark.report.markdown import render_for_suite
+
+    text = render_for_suite(suite, board.reset_index(), reported_path=Path("/nonexistent.csv"))
+    assert f"over {suite.num_classes} classes (road, sidewalk," in text

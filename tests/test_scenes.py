@@ -14,8 +14,8 @@ from benchmark.metrics import IGNORE_INDEX, MeanIoU
 from benchmark.registry import SUITES, load_builtins
 from benchmark.suite import Recipe
 from benchmark.training import train_source
-from suites.scenes import Scenes
-from suites.segmentation import TRAIN_ID
+from suites.scenes import CLASSES, LABEL, Scenes
+from suites.segmentation import CLASS_NAMES
 
 
 class TinyScenes(Scenes):
@@ -31,8 +31,11 @@ def saturation(images: torch.Tensor) -> float:
 def test_registered_as_a_segmentation_suite_with_miou():
     load_builtins()
     cls = SUITES.get("scenes")
-    assert cls.task == "segmentation" and cls.metric == "miou" and cls.num_classes == 19
-    assert isinstance(cls().make_metric(), MeanIoU)
+    assert cls.task == "segmentation" and cls.metric == "miou" and cls.num_classes == 12
+    metric = cls().make_metric()
+    assert isinstance(metric, MeanIoU) and metric.class_names == list(CLASSES)
+    # the declared classes are Cityscapes classes, in trainId order
+    assert [CLASS_NAMES.index(c) for c in CLASSES] == sorted(CLASS_NAMES.index(c) for c in CLASSES)
     assert SUITES.get("gta5-cityscapes").metric == "miou"
 
 
@@ -51,8 +54,20 @@ def test_scenes_are_deterministic_share_test_layouts_and_differ_in_style():
     assert not torch.equal(a.load("synthetic", "train").labels[:5], syn.labels)
     classes = set(torch.cat([a.load(d, s).labels.flatten() for d in a.domains
                              for s in ("train", "test")]).unique().tolist())
-    assert {TRAIN_ID[c] for c in ("road", "sidewalk", "building", "sky", "car")} <= classes
-    assert classes <= set(range(19))
+    assert {LABEL[c] for c in ("road", "sidewalk", "building", "sky", "car")} <= classes
+    assert classes <= set(range(len(CLASSES)))
+
+
+def test_every_declared_class_is_drawn_in_the_test_split():
+    """mIoU averages over the declared classes: each must occur in the scored split (the
+    suite's own size), or the suite would claim classes it never scores."""
+    labels = Scenes().load("synthetic", "test").labels
+    counts = torch.bincount(labels.flatten(), minlength=len(CLASSES))
+    assert len(counts) == len(CLASSES)
+    assert (counts > 0).all(), dict(zip(CLASSES, counts.tolist(), strict=True))
+    images_with = [(labels == c).flatten(1).any(1).float().mean().item()
+                   for c in range(len(CLASSES))]
+    assert min(images_with) > 0.2  # thin and rare classes too are in many scenes
 
 
 def test_real_style_is_noisier_and_textured():
@@ -102,7 +117,7 @@ def test_test_time_adapters_run_unchanged_on_segmentation(adapter_cls):
     offset = 0
     for x in stream:
         logits = adapter.predict(x)
-        assert logits.shape == (len(x), 19, 32, 64) and torch.isfinite(logits).all()
+        assert logits.shape == (len(x), len(CLASSES), 32, 64) and torch.isfinite(logits).all()
         metric.update(logits, data.labels[offset : offset + len(x)])
         offset += len(x)
     assert 0 <= metric.result()["score"] <= 100

@@ -213,7 +213,7 @@ def board_frame(
     calibration = suite.metric == "accuracy"
     if grid is not None:
         baseline, baseline_note = _baseline_errors(cells, grid)
-    per_class = sorted(c for c in cells.columns if c.startswith("iou/"))  # segmentation
+    per_class = _per_class_columns(suite, cells)  # segmentation
     rows = []
     for (adapter, protocol, batch_size), group in cells.groupby(ROW_KEY, sort=True):
         done = group[group.status == "done"]
@@ -289,6 +289,16 @@ def board_frame(
                src_col, *per_class, "adapt_s", "img_per_s", "peak_mb", "status", "isolation",
                *[c for c in ("adapted", "cost_ratio") if c in board.columns]]
     return board[columns].reset_index(drop=True)
+
+
+def _per_class_columns(suite: Suite, cells: pd.DataFrame) -> list[str]:
+    """The cells' ``iou/<class>`` columns in the suite's class order (others after, sorted)."""
+    present = {c for c in cells.columns if c.startswith("iou/")}
+    if not present:
+        return []
+    names = getattr(suite.make_metric(), "class_names", None) or []
+    ordered = [f"iou/{n}" for n in names if f"iou/{n}" in present]
+    return ordered + sorted(present - set(ordered))
 
 
 _DECIMALS = {"score": 2, "std": 2, "ci95": 2, "worst_seed": 2, "adapt_s": 3, "img_per_s": 1,

@@ -77,6 +77,16 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
     return lines
 
 
+def _metric_text(suite: Suite) -> str:
+    """The metric in words; a class-averaged metric names the classes it averages over."""
+    text = METRIC_TEXT.get(suite.metric, suite.metric)
+    names = getattr(suite.make_metric(), "class_names", None)
+    if suite.metric == "miou" and names:
+        text = (f"mean intersection over union over {len(names)} classes "
+                f"({', '.join(names)}), in %, higher is better; per-class IoU in `iou/<class>`")
+    return text
+
+
 def _header(suite: Suite, board: pd.DataFrame, csv_name: str) -> list[str]:
     metric = suite.metric
     seeds = sorted({int(s) for s in board["seeds"]}) if not board.empty else []
@@ -89,7 +99,7 @@ def _header(suite: Suite, board: pd.DataFrame, csv_name: str) -> list[str]:
     if summary:
         lines += [summary, ""]
     lines += [
-        f"- **Metric**: `{metric}` — {METRIC_TEXT.get(metric, metric)}. Rows are ranked by "
+        f"- **Metric**: `{metric}` — {_metric_text(suite)}. Rows are ranked by "
         "`score`; rows with failed or missing cells are listed unranked at the bottom.",
         "- **Protocol**: " + ("; ".join(
             f"`{p}` ({PROTOCOLS[p].description})" if p in PROTOCOLS else f"`{p}`"

@@ -4,7 +4,9 @@ Neural Network Robustness to Common Corruptions and Perturbations", ICLR 2019).
 ``corrupt(images, name, severity, seed)`` applies one of the 15 benchmark corruptions or 4
 extra ones at severity 1-5 to a float batch (N, 3, H, W) in [0, 1], on CPU or CUDA, with the
 parameter table of the CIFAR-10-C generation script (hendrycks/robustness,
-``ImageNet-C/create_c/make_cifar_c.py``, the 32x32 constants, not ImageNet-C's). Each module
+``ImageNet-C/create_c/make_cifar_c.py``, the 32x32 constants); ``constants="imagenet"``
+selects the ImageNet-C script's table instead (``make_imagenet_c.py``, for 224x224 images;
+the functions are the same apart from their constants, see ``TABLES``). Each module
 restates the script's library calls (skimage, scipy, OpenCV, ImageMagick, PIL) as batched
 tensor operations and keeps its behaviour, quirks included: severities are not always
 monotone (elastic_transform gets milder from 1 to 5, saturate desaturates at 1-2, spatter
@@ -31,9 +33,10 @@ truncated exactly: they equal the script's output value for value. With pixelate
 (8-bit PIL all the way) that is all 8 deterministic corruptions. The random ones run in
 float32 (a small epsilon before the truncation keeps on-grid values on the grid).
 
-Every corruption function receives a private, contiguous float32 copy of the batch and may
-work on it in place; tables that depend only on the image size and severity (resampling
-matrices, the zoom operator, the shot-noise inversion tables) are built once and cached.
+Every corruption function receives a private, contiguous float32 copy of the batch and its
+severity's constants, and may work on the copy in place; tables that depend only on the
+image size and the constants (resampling matrices, the zoom operator, the shot-noise
+inversion tables) are built once and cached.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ import difflib
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from suites.corruptions import blur, digital, noise, weather
 
-CorruptionFn = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
+CorruptionFn = Callable[[torch.Tensor, Any, torch.Generator], torch.Tensor]
 
 
 def _source_sha256() -> str:
@@ -84,6 +88,24 @@ _FUNCTIONS: dict[str, CorruptionFn] = {
     "saturate": digital.saturate,
 }
 
+# Per corruption, its five severities' constants: the CIFAR-10-C script's (each module's
+# upper-case tables) and the ImageNet-C script's (each module's ``IMAGENET``).
+TABLES: dict[str, dict[str, tuple]] = {
+    "cifar": {
+        "gaussian_noise": noise.GAUSSIAN_NOISE, "shot_noise": noise.SHOT_NOISE,
+        "impulse_noise": noise.IMPULSE_NOISE, "defocus_blur": blur.DEFOCUS_BLUR,
+        "glass_blur": blur.GLASS_BLUR, "motion_blur": blur.MOTION_BLUR,
+        "zoom_blur": blur.ZOOM_BLUR, "snow": weather.SNOW, "frost": weather.FROST,
+        "fog": weather.FOG, "brightness": digital.BRIGHTNESS, "contrast": digital.CONTRAST,
+        "elastic_transform": digital.ELASTIC, "pixelate": digital.PIXELATE,
+        "jpeg_compression": digital.JPEG_QUALITY, "speckle_noise": noise.SPECKLE_NOISE,
+        "gaussian_blur": blur.GAUSSIAN_BLUR, "spatter": weather.SPATTER,
+        "saturate": digital.SATURATE,
+    },
+    "imagenet": {**noise.IMAGENET, **blur.IMAGENET, **weather.IMAGENET, **digital.IMAGENET},
+}
+assert all(set(table) == set(_FUNCTIONS) for table in TABLES.values())
+
 CORRUPTIONS: tuple[str, ...] = tuple(list(_FUNCTIONS)[:15])
 EXTRA_CORRUPTIONS: tuple[str, ...] = tuple(list(_FUNCTIONS)[15:])
 ALL_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS + EXTRA_CORRUPTIONS
@@ -102,11 +124,13 @@ DETERMINISTIC: frozenset[str] = frozenset({
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int, seed: int,
-            quantize: bool = True) -> torch.Tensor:
+            quantize: bool = True, constants: str = "cifar") -> torch.Tensor:
     """Corrupt a float batch (N, 3, H, W) in [0, 1]; returns the same shape, dtype and
     device, in [0, 1]. The same (images, name, severity, seed) always gives the same output
     on a given device; each image gets its own random draws. See the module docstring for
-    ``quantize``."""
+    ``quantize``; ``constants`` names the severity table ("cifar" or "imagenet")."""
+    if constants not in TABLES:
+        raise ValueError(f"unknown constants {constants!r}; use one of {', '.join(TABLES)}")
     if name not in _FUNCTIONS:
         close = difflib.get_close_matches(name, ALL_CORRUPTIONS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -121,7 +145,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int,
     if len(images) == 0:
         return images.clone()
     with _one_cpu_thread(images.device):
-        return _corrupt(images, name, severity, seed, quantize)
+        return _corrupt(images, name, TABLES[constants][name][severity - 1], seed, quantize)
 
 
 @contextlib.contextmanager
@@ -141,7 +165,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _corrupt(images: torch.Tensor, name: str, severity: int, seed: int, quantize: bool
+def _corrupt(images: torch.Tensor, name: str, constants: Any, seed: int, quantize: bool
              ) -> torch.Tensor:
     gen = torch.Generator(device=images.device)
     gen.manual_seed(seed)
@@ -149,7 +173,7 @@ def _corrupt(images: torch.Tensor, name: str, severity: int, seed: int, quantize
     x = images.to(torch.float32, memory_format=torch.contiguous_format, copy=True).clamp_(0, 1)
     if quantize:
         x = x.mul_(255).round_().div_(255)
-    out = _FUNCTIONS[name](x, severity, gen).clamp_(0, 1)  # always a tensor of our own
+    out = _FUNCTIONS[name](x, constants, gen).clamp_(0, 1)  # always a tensor of our own
     if quantize and name in SCRIPT_EXACT:
         # computed as the script computes it (same dtype, same operations): truncate exactly
         out = out.mul_(255).floor_().div_(255)

@@ -1,4 +1,6 @@
-"""Blur corruptions of CIFAR-10-C: defocus, glass, motion, zoom and gaussian blur."""
+"""Blur corruptions of CIFAR-10-C and ImageNet-C: defocus, glass, motion, zoom and gaussian
+blur. Each function receives its severity's entry of a constants table (the CIFAR tables
+below, or ``IMAGENET``)."""
 
 from __future__ import annotations
 
@@ -17,82 +19,127 @@ MOTION_BLUR = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))  # ImageMagick radius
 # The script's float aranges, kept as written: severity s averages zooms 1.00 ... 1.05*s.
 ZOOM_BLUR = tuple(tuple(np.arange(1, stop, 0.01)) for stop in (1.06, 1.11, 1.16, 1.21, 1.26))
 GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma
+# make_imagenet_c.py's constants (224x224)
+IMAGENET = {
+    "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
+    "glass_blur": ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
+    "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),
+    "zoom_blur": tuple(tuple(np.arange(1, stop, step)) for stop, step in (
+        (1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03))),
+    "gaussian_blur": (1, 2, 3, 4, 6),
+}
 
 
 @functools.cache
 def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
-    """The script's ``disk``: an aliased disk on a 17x17 grid in float32, normalised, then
-    cv2.GaussianBlur with a 3x3 kernel of sigma ``alias_blur``, trimmed to its support. For
-    radius < 1 the disk is one pixel, so severities 1-3 are plain 3x3 Gaussians.
+    """The script's ``disk``: an aliased disk in float32, normalised, then cv2.GaussianBlur
+    of sigma ``alias_blur`` (OpenCV's default reflect-101 border), trimmed to its support:
+    for radius <= 8 on a 17x17 grid with a 3x3 blur, for larger radii on a (2r+1)^2 grid
+    with a 5x5 blur (ImageNet-C's severity 5). For radius < 1 the disk is one pixel, so
+    CIFAR's severities 1-3 are plain 3x3 Gaussians.
 
     Built in float32 as OpenCV builds it (taps computed in float64, stored as float32; the
     blur in float32), which gives OpenCV's kernel bit for bit. Its sum differs from 1 by
     about 1e-8, which decides on which side of an 8-bit level flat regions land; a float64
     kernel put 7.7% of values one level lower at severity 4."""
-    grid = torch.arange(-8, 9)
+    half, blur = (8, 1) if radius <= 8 else (int(radius), 2)
+    grid = torch.arange(-half, half + 1)
     disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).to(torch.float32)
     disk /= disk.sum()
-    offsets = torch.arange(-1, 2, dtype=torch.float64)
+    offsets = torch.arange(-blur, blur + 1, dtype=torch.float64)
     taps = torch.exp(-offsets * offsets / (2 * alias_blur * alias_blur))
     taps = (taps / taps.sum()).to(torch.float32)
-    # OpenCV's symmetric 3-tap row and column passes: centre * t1 + (left + right) * t0.
-    # The disk sits in the middle of the grid, so the border never reaches it (zero pads).
+
+    # OpenCV's symmetric row and column passes: centre * t[b] + sum_k (left_k + right_k)
+    # * t[b - k], in float32; the border reflects (reflect-101) where the disk reaches it.
     def blur_rows(a: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(a, (1, 1))
-        return padded[:, 1:-1] * taps[1] + (padded[:, :-2] + padded[:, 2:]) * taps[0]
+        padded = F.pad(a[None], (blur, blur), mode="reflect")[0]
+        width = a.shape[1]
+        out = padded[:, blur:blur + width] * taps[blur]
+        for k in range(1, blur + 1):
+            out = out + (padded[:, blur - k:blur - k + width]
+                         + padded[:, blur + k:blur + k + width]) * taps[blur - k]
+        return out
 
     kernel = blur_rows(blur_rows(disk).T).T
     support = kernel.abs().sum(0).nonzero()
     lo, hi = int(support.min()), int(support.max())
-    r = max(8 - lo, hi - 8)
-    return kernel[8 - r:9 + r, 8 - r:9 + r].to(torch.float64)
+    r = max(half - lo, hi - half)
+    return kernel[half - r:half + 1 + r, half - r:half + 1 + r].to(torch.float64)
 
 
-def defocus_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """cv2.filter2D with the ``disk`` kernel, in float64 like the script (``corrupt``
-    truncates float64 results exactly)."""
-    kernel = defocus_kernel(*DEFOCUS_BLUR[severity - 1])
+def defocus_blur(x: torch.Tensor, c: tuple[float, float], gen: torch.Generator
+                 ) -> torch.Tensor:
+    """cv2.filter2D with the ``disk`` kernel of (radius, alias blur) ``c``, in float64 like
+    the script (``corrupt`` truncates float64 results exactly)."""
+    kernel = defocus_kernel(*c)
     return _ops.correlate(_ops.script_input_f64(x), kernel, "mirror")
 
 
-def glass_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """Blur, truncate to uint8 (as the script does), locally shuffle pixels, blur again.
-
-    The script walks pixels bottom-right to top-left and "swaps" each with a neighbour at
-    offsets from randint(-delta, delta), i.e. -1 or 0 only (numpy excludes the upper bound).
-    Its swap ``x[a], x[b] = x[b], x[a]`` assigns numpy views, so it only copies x[b] into
-    x[a]; and since b is up or left of a, b is visited later and still holds its value from
-    before the walk. One walk is therefore one parallel gather: every interior pixel takes
-    the value of itself or its left, upper or upper-left neighbour. Severities 1-3 differ
-    only in a small blur sigma and look nearly alike."""
-    sigma, delta, iterations = GLASS_BLUR[severity - 1]
-    n, c, h, w = x.shape
+def glass_blur(x: torch.Tensor, c: tuple[float, int, int], gen: torch.Generator
+               ) -> torch.Tensor:
+    """Blur (sigma), truncate to uint8 (as the script does), locally shuffle pixels
+    (``iterations`` walks with offsets up to ``delta``), blur again. Offsets come from
+    randint(-delta, delta): -delta ... delta - 1 (numpy excludes the upper bound). CIFAR's
+    severities 1-3 differ only in a small blur sigma and look nearly alike."""
+    sigma, delta, iterations = c
+    n, _, h, w = x.shape
     x = _ops.truncate_u8(_ops.gaussian(x, sigma))  # in place: x is ours
+    for _ in range(iterations):
+        dy, dx = torch.randint(-delta, delta, (2, n, h, w), generator=gen, device=x.device)
+        x = glass_walk(x, dy, dx, delta)
+    return _ops.gaussian(x, sigma)
+
+
+def glass_walk(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, delta: int
+               ) -> torch.Tensor:
+    """One of the script's pixel walks, with the offsets (dy, dx) of every pixel (N, H, W).
+
+    The script visits the interior pixels a (rows and columns delta + 1 ... size - delta)
+    from the bottom-right to the top-left and "swaps" each with b = a + (dy, dx). The swap
+    ``x[a], x[b] = x[b], x[a]`` assigns numpy views, so it only copies b's current value
+    into a. b's current value is its original one unless b was visited before a (b is an
+    interior pixel later in raster order: possible only when delta >= 2, i.e. ImageNet-C,
+    where offsets reach +1 and beyond); then it is whatever b copied at its own visit. So
+    every pixel reads the original value at the end of a chain a -> b -> b' ... that
+    follows visited-earlier sources; the chains are resolved by pointer doubling (each step
+    moves strictly later in raster order, so they end)."""
+    n, c, h, w = x.shape
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
     inside = (((rows > delta) & (rows <= h - delta))[:, None]
               & ((cols > delta) & (cols <= w - delta))[None, :])
-    for _ in range(iterations):
-        dy, dx = torch.randint(-delta, delta, (2, n, h, w), generator=gen, device=x.device)
-        src_rows = torch.where(inside, rows[:, None] + dy, rows[:, None])
-        src_cols = torch.where(inside, cols[None, :] + dx, cols[None, :])
-        index = (src_rows * w + src_cols).reshape(n, 1, h * w).expand(n, c, -1)
-        x = x.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
-    return _ops.gaussian(x, sigma)
+    source = (torch.where(inside, rows[:, None] + dy, rows[:, None]) * w
+              + torch.where(inside, cols[None, :] + dx, cols[None, :])).reshape(n, h * w)
+    if delta >= 2:
+        position = torch.arange(h * w, device=x.device).expand(n, -1)
+        # a follows its source when the source is interior and visited before a
+        follows = inside.reshape(-1)[source] & (source > position)
+        hop = torch.where(follows, source, position)  # a -> the pixel whose read a inherits
+        while True:
+            further = hop.gather(1, hop)
+            if torch.equal(further, hop):
+                break
+            hop = further
+        source = source.gather(1, hop)
+    index = source.reshape(n, 1, h * w).expand(n, c, -1)
+    return x.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
 
 
-def motion_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def motion_blur(x: torch.Tensor, c: tuple[float, float], gen: torch.Generator
+                ) -> torch.Tensor:
     """ImageMagick motion blur at a uniform random angle in [-45, 45) degrees. ImageMagick
     (6, Q16) writes the 8-bit PNG by truncating: on 32x32 images, truncation matches its
     output on 99.8% of values at every severity, rounding on 50% (then about 0.5 grey
     level too bright). Severities 3 and 4 differ only in taps whose weight is below 1e-7,
     so they are almost equal."""
-    radius, sigma = MOTION_BLUR[severity - 1]
+    radius, sigma = c
     angle = torch.rand(len(x), generator=gen, device=x.device, dtype=torch.float64) * 90 - 45
     return _ops.truncate_u8(_ops.motion_blur(x, radius, sigma, angle))
 
 
-def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def zoom_blur(x: torch.Tensor, factors: tuple[float, ...], gen: torch.Generator
+              ) -> torch.Tensor:
     """The mean of the image and its clipped zooms by 1.00, 1.01, ... (the script's float
     aranges), computed as the script computes it: the image in float32, each zoom by
     scipy.ndimage.zoom (order 1: per output pixel, its four neighbours times the row weight,
@@ -103,7 +150,6 @@ def zoom_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Ten
     data = image.to(torch.float64)
     h, w = x.shape[-2:]
     total = torch.zeros_like(image)
-    factors = ZOOM_BLUR[severity - 1]
     for factor in factors:
         rows, row_weights = _zoom_taps(h, factor, x.device)
         cols, col_weights = _zoom_taps(w, factor, x.device)
@@ -124,7 +170,7 @@ def _zoom_taps(n: int, factor: float, device: torch.device) -> tuple[torch.Tenso
             torch.from_numpy(weights).to(device=device, dtype=torch.float64))
 
 
-def gaussian_blur(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
     """skimage's Gaussian filter in float64, in scipy's order of operations: equal to the
     script bit for bit (``corrupt`` truncates float64 results exactly)."""
-    return _ops.scipy_gaussian_f64(_ops.script_input_f64(x), GAUSSIAN_BLUR[severity - 1])
+    return _ops.scipy_gaussian_f64(_ops.script_input_f64(x), sigma)

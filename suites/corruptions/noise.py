@@ -1,5 +1,6 @@
-"""Noise corruptions of CIFAR-10-C (Hendrycks & Dietterich, ICLR 2019): gaussian, shot,
-impulse and speckle noise, with the CIFAR (32x32) constants of ``make_cifar_c.py``.
+"""Noise corruptions of CIFAR-10-C and ImageNet-C (Hendrycks & Dietterich, ICLR 2019):
+gaussian, shot, impulse and speckle noise. Constants: ``make_cifar_c.py`` (CIFAR, 32x32) and
+``make_imagenet_c.py`` (ImageNet, 224x224); each function receives its severity's entry.
 
 The corruption functions own their input tensor (``corrupt`` passes a fresh copy), so they
 work in place where that saves a pass over the batch."""
@@ -15,17 +16,23 @@ GAUSSIAN_NOISE = (0.04, 0.06, 0.08, 0.09, 0.10)  # standard deviation
 SHOT_NOISE = (500, 250, 100, 75, 50)  # photons per unit intensity
 IMPULSE_NOISE = (0.01, 0.02, 0.03, 0.05, 0.07)  # fraction of values flipped
 SPECKLE_NOISE = (0.06, 0.1, 0.12, 0.16, 0.2)  # standard deviation of the multiplier
+IMAGENET = {
+    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
+    "shot_noise": (60, 25, 12, 5, 3),
+    "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
+    "speckle_noise": (0.15, 0.2, 0.35, 0.45, 0.6),
+}
 
 LEVELS = 256  # 8-bit input levels
 CELL_BITS = 12  # the Poisson inversion table has 2**12 cells of equal probability per level
 
 
-def gaussian_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def gaussian_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
     noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    return x.add_(noise.mul_(GAUSSIAN_NOISE[severity - 1]))
+    return x.add_(noise.mul_(std))
 
 
-def shot_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def shot_noise(x: torch.Tensor, photons: float, gen: torch.Generator) -> torch.Tensor:
     """``poisson(x * c) / c``, an exact Poisson draw per value.
 
     On 8-bit input (the script's, and ours with ``quantize=True``) the rate takes one of 256
@@ -33,7 +40,6 @@ def shot_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Te
     see ``poisson_inversion_tables``. Other input is split as x = l/255 + r with l the level
     below: by the additivity of independent Poisson variables, poisson(x c) is
     poisson(l c / 255) (from the table) plus poisson(r c) (torch.poisson), the same law."""
-    photons = SHOT_NOISE[severity - 1]
     scaled = x.mul(LEVELS - 1)
     levels = scaled.round()
     if (scaled - levels).abs_().max() <= 1e-3:  # on the 8-bit grid up to float rounding
@@ -123,7 +129,7 @@ def _invert_within_cells(index: torch.Tensor, low: torch.Tensor, counts: torch.T
     return low
 
 
-def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def impulse_noise(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
     """skimage's salt & pepper: every channel value independently flips with probability
     ``amount``, to 1 or 0 with equal odds (so a flipped pixel is usually coloured).
 
@@ -131,7 +137,6 @@ def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch
     the gaps between successive flips are independent geometric variables (inversion:
     1 + floor(log U / log(1 - amount))), which gives the same law with ~amount as many
     random numbers."""
-    amount = IMPULSE_NOISE[severity - 1]
     flat = x.view(-1) if x.is_contiguous() else x.reshape(-1)
     total = flat.numel()
     expected = total * amount
@@ -150,6 +155,6 @@ def impulse_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch
     return flat.view(x.shape)
 
 
-def speckle_noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def speckle_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
     noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-    return x.add_(noise.mul_(x * SPECKLE_NOISE[severity - 1]))
+    return x.add_(noise.mul_(x * std))

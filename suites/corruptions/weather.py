@@ -1,5 +1,6 @@
-"""Weather corruptions of CIFAR-10-C: snow, frost, fog (brightness is in ``digital``) and
-the extra spatter."""
+"""Weather corruptions of CIFAR-10-C and ImageNet-C: snow, frost, fog (brightness is in
+``digital``) and the extra spatter. Each function receives its severity's entry of a
+constants table (the CIFAR tables below, or ``IMAGENET``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ SNOW = ((0.1, 0.2, 1, 0.6, 8, 3, 0.95),
         (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
         (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
         (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8))
-FROST = ((1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))  # image, frost weights
+# image weight, frost weight, scale of the frost photos (CIFAR's script shrinks them to 1/5)
+FROST = ((1, 0.2, 0.2), (1, 0.3, 0.2), (0.9, 0.4, 0.2), (0.85, 0.4, 0.2), (0.75, 0.45, 0.2))
 FOG = ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))  # strength, wibble decay
 # loc, scale, sigma, threshold, intensity (water) / mask sigma (mud), mud?
 SPATTER = ((0.62, 0.1, 0.7, 0.7, 0.5, 0),
@@ -27,6 +29,21 @@ SPATTER = ((0.62, 0.1, 0.7, 0.7, 0.5, 0),
            (0.65, 0.3, 1, 0.69, 0.5, 0),
            (0.65, 0.1, 0.7, 0.69, 0.6, 1),
            (0.65, 0.1, 0.5, 0.68, 0.6, 1))
+# make_imagenet_c.py's constants (224x224)
+IMAGENET = {
+    "snow": ((0.1, 0.3, 3, 0.5, 10, 4, 0.8),
+             (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
+             (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+             (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+             (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)),
+    "frost": ((1, 0.4, 1), (0.8, 0.6, 1), (0.7, 0.7, 1), (0.65, 0.7, 1), (0.6, 0.75, 1)),
+    "fog": ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)),
+    "spatter": ((0.65, 0.3, 4, 0.69, 0.6, 0),
+                (0.65, 0.3, 3, 0.68, 0.6, 0),
+                (0.65, 0.3, 2, 0.68, 0.5, 0),
+                (0.65, 0.3, 1, 0.65, 1.5, 1),
+                (0.67, 0.4, 1, 0.65, 1.5, 1)),
+}
 RGB_TO_GREY = (0.299, 0.587, 0.114)  # cv2.COLOR_RGB2GRAY
 
 
@@ -35,12 +52,12 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return (x[:, 0:1] * r).add_(x[:, 1:2] * g).add_(x[:, 2:3] * b)
 
 
-def snow(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def snow(x: torch.Tensor, c: tuple[float, ...], gen: torch.Generator) -> torch.Tensor:
     """Snowflakes: thresholded Gaussian noise, zoomed, cast to uint8, motion-blurred by
     ImageMagick at an angle in [-135, -45) degrees; the image is lightened towards
     ``max(x, 1.5 grey + 0.5)`` and the flakes are added twice, once rotated by 180
     degrees."""
-    loc, scale, zoom, threshold, radius, sigma, blend = SNOW[severity - 1]
+    loc, scale, zoom, threshold, radius, sigma, blend = c
     n, _, h, w = x.shape
     flakes = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype)
     flakes = flakes.mul_(scale).add_(loc)
@@ -120,14 +137,16 @@ FROST_PACKAGE = "imagecorruptions"  # ships the release's frost photos (Apache-2
 
 
 @functools.cache
-def frost_images() -> tuple[tuple[torch.Tensor, ...], str]:
+def frost_images(scale: float = 0.2) -> tuple[tuple[torch.Tensor, ...], str]:
     """The frost images crops are drawn from, and where they come from.
 
     The release's five frost photos when an installed package ships them (``pip install
     imagecorruptions``, the package of Michaelis et al. 2019, arXiv:1907.07484, which carries
-    the original photos), prepared as the script prepares them: downscaled by 0.2 (bilinear,
-    half-pixel centres like cv2.resize; OpenCV's fixed-point rounding may differ by a grey
-    level), kept as 8-bit RGB. Otherwise the procedural ``frost_textures``. The source --
+    the original photos), prepared as the script prepares them: scaled by ``scale`` (the
+    CIFAR script's 0.2: bilinear, half-pixel centres like cv2.resize; OpenCV's fixed-point
+    rounding may differ by a grey level; the ImageNet script's 1: as read), kept as 8-bit
+    RGB. Otherwise the procedural ``frost_textures``, made at the CIFAR scale and upsampled
+    bilinearly for other scales. The source --
     ``photos:<sha256 of the files>`` or ``procedural`` -- is part of the engine's identity,
     so data generated with one never passes for the other."""
     from importlib import metadata
@@ -138,7 +157,13 @@ def frost_images() -> tuple[tuple[torch.Tensor, ...], str]:
     except metadata.PackageNotFoundError:
         paths = []
     if not paths or not all(p.is_file() for p in paths):
-        return tuple(frost_textures()), "procedural"
+        textures = frost_textures()
+        if scale != 0.2:
+            h, w = textures.shape[-2:]
+            textures = torch.nn.functional.interpolate(
+                textures, size=(round(h * scale / 0.2), round(w * scale / 0.2)),
+                mode="bilinear", align_corners=False)
+        return tuple(textures), "procedural"
     from PIL import Image
 
     digest = hashlib.sha256()
@@ -148,22 +173,24 @@ def frost_images() -> tuple[tuple[torch.Tensor, ...], str]:
         with Image.open(path) as photo:
             rgb = torch.from_numpy(np.asarray(photo.convert("RGB")).copy())
         h, w = rgb.shape[:2]
-        small = torch.nn.functional.interpolate(
-            rgb.permute(2, 0, 1)[None].double(), size=(round(h * 0.2), round(w * 0.2)),
-            mode="bilinear", align_corners=False, antialias=False)[0]
-        images.append(small.round_().clamp_(0, 255).float().div_(255))
+        image = rgb.permute(2, 0, 1).double()
+        if scale != 1:
+            image = torch.nn.functional.interpolate(
+                image[None], size=(round(h * scale), round(w * scale)),
+                mode="bilinear", align_corners=False, antialias=False)[0].round_()
+        images.append(image.clamp_(0, 255).float().div_(255))
     return tuple(images), f"photos:{digest.hexdigest()}"
 
 
-def frost(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    """``c0 * image + c1 * frost crop``: a random one of five frost images (the script draws
-    randint(5), so its sixth photo is never used) and a random crop position, also drawn
-    like the script (the last row/column offset is never drawn). The image is also scaled
-    down at severities 3-5 (0.9, 0.85, 0.75). The images are the release's photos when
-    installed, else procedural textures (see ``frost_images``)."""
-    image_weight, frost_weight = FROST[severity - 1]
+def frost(x: torch.Tensor, c: tuple[float, float, float], gen: torch.Generator
+          ) -> torch.Tensor:
+    """``c0 * image + c1 * frost crop``: a random one of five frost images (the scripts draw
+    randint(5), so their sixth photo is never used) at scale c2, and a random crop position,
+    also drawn like the scripts (the last row/column offset is never drawn). The images are
+    the release's photos when installed, else procedural textures (see ``frost_images``)."""
+    image_weight, frost_weight, scale = c
     n, _, h, w = x.shape
-    images, _ = frost_images()
+    images, _ = frost_images(scale)
     sizes = torch.tensor([img.shape[-2:] for img in images], device=x.device)
     if (sizes[:, 0] <= h).any() or (sizes[:, 1] <= w).any():
         raise ValueError(f"frost images are {sizes.tolist()}; images must be smaller, got "
@@ -216,8 +243,8 @@ def plasma_fractal(n: int, mapsize: int, wibble_decay: float, gen: torch.Generat
     return heights / heights.reshape(n, -1).amax(1)[:, None, None]
 
 
-def fog(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
-    strength, decay = FOG[severity - 1]
+def fog(x: torch.Tensor, c: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    strength, decay = c
     n, _, h, w = x.shape
     mapsize = 1 << (max(h, w) - 1).bit_length()  # next power of two: 32 for CIFAR, as there
     plasma = plasma_fractal(n, mapsize, decay, gen, x.device)[:, None, :h, :w].to(x.dtype)
@@ -316,13 +343,13 @@ def _equalize_hist(u8: torch.Tensor) -> torch.Tensor:
     return lut.gather(1, values).reshape(u8.shape).to(u8.dtype)
 
 
-def spatter(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+def spatter(x: torch.Tensor, c: tuple[float, ...], gen: torch.Generator) -> torch.Tensor:
     """Water drops (severities 1-3) or mud (4-5), as in the script. The water branch
     outlines thresholded blobs with Canny edges and a distance transform, equalises and
     embosses it, and adds pale turquoise (175, 238, 238); the mud branch paints blurred
     blobs brown (63, 42, 20). The script treats its RGB arrays as BGR in the water
     branch, so turquoise is added with 175 on the red channel; kept."""
-    loc, scale, sigma, threshold, strength, mud = SPATTER[severity - 1]
+    loc, scale, sigma, threshold, strength, mud = c
     n, _, h, w = x.shape
     liquid = torch.randn((n, 1, h, w), generator=gen, device=x.device, dtype=x.dtype)
     liquid = _ops.gaussian(liquid.mul_(scale).add_(loc), sigma)
