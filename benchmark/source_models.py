@@ -13,8 +13,10 @@
   Tent's source model) or ``robustbench:cifar100/Hendrycks2020AugMix_ResNeXt``, from
   RobustBench's model folder layout ``<dir>/<dataset>/corruptions/<name>.pt`` with ``<dir>``
   = ``$ROBUSTBENCH_MODELS``, else ``./models`` (the default of RobustBench's ``load_model``).
-  ``Standard`` is built here (``benchmark.layers.models.wrn28_10``, RobustBench's module
-  names); other names need the ``robustbench`` package for their architecture. The
+  Built here, with RobustBench's module names (``benchmark.layers.models``): ``Standard``
+  (WRN-28-10) and, for CIFAR-10 and CIFAR-100, ``Hendrycks2020AugMix_ResNeXt`` (ResNeXt-29,
+  the usual CIFAR-100-C source) and ``Hendrycks2020AugMix_WRN`` (WRN-40-2); other names need
+  the ``robustbench`` package for their architecture. The
   checkpoint is read with ``weights_only=True``, never executed.
 
 Nothing is downloaded during a run: when the weights are not in the cache, the run stops
@@ -176,11 +178,11 @@ def _load_robustbench(name: str) -> tuple[nn.Module, Path]:
             f"load_model(model_name={model_name!r}, dataset={dataset!r}, threat_model="
             f"'corruptions', model_dir={str(robustbench_dir())!r}) once with network, or put "
             "the checkpoint there")
-    if (dataset, model_name) == ("cifar10", "Standard"):
-        from benchmark.layers.models import wrn28_10
-
-        model: nn.Module = wrn28_10(10)
+    built_in = _robustbench_built_in(dataset, model_name)
+    if built_in is not None:
+        model, mean_std = built_in
     else:
+        mean_std = None
         try:
             from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
             from robustbench.model_zoo.models import model_dicts
@@ -194,10 +196,38 @@ def _load_robustbench(name: str) -> tuple[nn.Module, Path]:
         model = entries[model_name]["model"]()
     state = load_state_dict_file(path)  # safe load, "state_dict" / "module." unwrapped
     state = {k.removeprefix("model."): v for k, v in state.items()}
+    if mean_std is not None:  # built here: RobustBench's standardizing buffers are ours
+        state = {k: v for k, v in state.items() if k not in ("mu", "sigma")}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ShiftbenchError(f"{path} does not fit robustbench:{name}'s architecture: "
                               f"{str(exc).splitlines()[0]}") from None
+    if mean_std is not None:
+        model = Standardized(model, *mean_std)
     # RobustBench's models take [0, 1] images (those that standardize do it inside)
     return model.eval(), path
+
+
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _robustbench_built_in(dataset: str, name: str
+                          ) -> tuple[nn.Module, tuple[tuple[float, ...], ...] | None] | None:
+    """The corruption models TTA papers start from, built here with RobustBench's module
+    names (no robustbench package needed): the architecture, and the mean/std RobustBench
+    standardizes its input with (None: the model takes [0, 1] pixels as they are). The
+    AugMix models' checkpoints carry no standardization buffers; RobustBench adds mean =
+    std = 0.5 around them."""
+    from benchmark.layers.models import CifarResNeXt, WideResNet
+
+    classes = {"cifar10": 10, "cifar100": 100}.get(dataset)
+    if classes is None:
+        return None
+    if name == "Standard" and dataset == "cifar10":
+        return WideResNet(10, depth=28, widen_factor=10), None  # Tent's CIFAR-10 source
+    if name == "Hendrycks2020AugMix_ResNeXt":  # Hendrycks et al., ICLR 2020
+        return CifarResNeXt(classes, depth=29, groups=4, path_width=32), HALF
+    if name == "Hendrycks2020AugMix_WRN":
+        return WideResNet(classes, depth=40, widen_factor=2), HALF
+    return None

@@ -174,3 +174,35 @@ def test_robustbench_standard_from_its_model_folder_layout(tmp_path, monkeypatch
     expected = 100.0 * (logits.argmax(1) == data.labels[:64]).float().mean().item()
     assert summary.board.set_index("adapter").loc["source", "digits-m"] == pytest.approx(
         expected, abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["Hendrycks2020AugMix_ResNeXt", "Hendrycks2020AugMix_WRN"])
+def test_robustbench_augmix_models_are_built_here_and_standardized_as_robustbench_does(
+        tmp_path, monkeypatch, name):
+    """The AugMix corruption models (ResNeXt-29 4x32d, WRN-40-2) without the robustbench
+    package: RobustBench's module names, its checkpoint form without the "mu"/"sigma"
+    buffers, and its input standardization with mean = std = 0.5 around the network."""
+    from benchmark.layers.models import CifarResNeXt, WideResNet
+
+    monkeypatch.setenv("ROBUSTBENCH_MODELS", str(tmp_path / "models"))
+    torch.manual_seed(0)
+    net = (CifarResNeXt(10, depth=29, groups=4, path_width=32) if "ResNeXt" in name
+           else WideResNet(10, depth=40, widen_factor=2))
+    net = calibrated(net, images=64)
+    folder = tmp_path / "models" / "cifar10" / "corruptions"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
+               folder / f"{name}.pt")
+    run = config(tmp_path, f"robustbench:{name}", adapters=("source",))
+    run.suite = "tiny-digits-64"
+    summary = Runner(run).run()
+    assert (summary.done, summary.failed) == (2, 0), summary.failures
+    data = Digits().load("digits-m", "test")
+    with torch.no_grad():
+        logits = net((data.images[:64] - 0.5) / 0.5)
+    expected = 100.0 * (logits.argmax(1) == data.labels[:64]).float().mean().item()
+    assert summary.board.set_index("adapter").loc["source", "digits-m"] == pytest.approx(
+        expected, abs=0.01)
+    with torch.no_grad():  # the standardization matters: unstandardized input scores other
+        raw = 100.0 * (net(data.images[:64]).argmax(1) == data.labels[:64]).float().mean()
+    assert raw.item() != pytest.approx(expected, abs=0.01)

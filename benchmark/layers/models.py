@@ -213,6 +213,73 @@ def wrn28_10(num_classes: int) -> WideResNet:
     return WideResNet(num_classes, depth=28, widen_factor=10)
 
 
+class ResNeXtBlock(nn.Module):
+    """ResNeXt's bottleneck (type C): 1x1 reduce to ``groups`` paths of ``path_width``
+    channels, grouped 3x3 (stride here), 1x1 expand to 4x ``planes``; BN after each conv,
+    ReLU after the first two and after the residual sum. Module names are those of the
+    CIFAR ResNeXt that AugMix trained and RobustBench distributes, so its checkpoints load."""
+
+    def __init__(self, inplanes: int, planes: int, groups: int, path_width: int,
+                 stride: int = 1) -> None:
+        super().__init__()
+        width = groups * (planes * path_width // 64)
+        self.conv_reduce = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn_reduce = nn.BatchNorm2d(width)
+        self.conv_conv = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv_expand = nn.Conv2d(width, 4 * planes, 1, bias=False)
+        self.bn_expand = nn.BatchNorm2d(4 * planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != 4 * planes:  # a projection shortcut
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, 4 * planes, 1, stride,
+                                                      bias=False), nn.BatchNorm2d(4 * planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn_reduce(self.conv_reduce(x)))
+        out = F.relu(self.bn(self.conv_conv(out)))
+        out = self.bn_expand(self.conv_expand(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(shortcut + out)
+
+
+class CifarResNeXt(nn.Module):
+    """ResNeXt for 32x32 inputs (Xie et al., "Aggregated Residual Transformations for Deep
+    Neural Networks", CVPR 2017, arXiv:1611.05431): a 3x3 stem to 64 channels, three stages
+    of (depth - 2) / 9 ``ResNeXtBlock``s (planes 64, 128, 256; strides 1, 2, 2), 8x8 average
+    pooling, linear. ResNeXt-29 with 4 groups of width 32 is AugMix's CIFAR model (Hendrycks
+    et al., ICLR 2020, arXiv:1912.02781), RobustBench's ``Hendrycks2020AugMix_ResNeXt``. No
+    input standardization (RobustBench standardizes with mean = std = 0.5 around it)."""
+
+    def __init__(self, num_classes: int, depth: int = 29, groups: int = 4,
+                 path_width: int = 32) -> None:
+        super().__init__()
+        if (depth - 2) % 9:
+            raise ValueError(f"CIFAR ResNeXt depth must be 9n + 2 (e.g. 29), got {depth}")
+        blocks = (depth - 2) // 9
+        self.conv_1_3x3 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn_1 = nn.BatchNorm2d(64)
+        stages, inplanes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2)):
+            layers = [ResNeXtBlock(inplanes, planes, groups, path_width, stride)]
+            layers += [ResNeXtBlock(4 * planes, planes, groups, path_width)
+                       for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            inplanes = 4 * planes
+        self.stage_1, self.stage_2, self.stage_3 = stages
+        self.avgpool = nn.AvgPool2d(8)
+        self.classifier = nn.Linear(4 * 256, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn_1(self.conv_1_3x3(x)))
+        x = self.stage_3(self.stage_2(self.stage_1(x)))
+        return self.classifier(self.avgpool(x).flatten(1))
+
+
 # ---- semantic segmentation -------------------------------------------------------------
 #
 # Both segmentation models below share torchvision's ResNet names, so normalization surgery
