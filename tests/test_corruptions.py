@@ -499,3 +499,35 @@ def test_glass_walk_equals_the_scripts_sequential_swaps(delta):
                 one_step[k, row, col] = image[k, row + dy[k, row, col], col + dx[k, row, col]]
     # with delta 1 that is the walk; from 2 on the chains of overwritten pixels matter
     assert np.array_equal(one_step, expected) == (delta == 1)
+
+
+@pytest.mark.parametrize("radius, alias", [(3, 0.1), (8, 0.5), (10, 0.5)])
+def test_imagenet_defocus_kernels_follow_the_scripts_disk(radius, alias):
+    """ImageNet-C's ``disk``, restated in NumPy: for radius <= 8 a 17x17 grid and a 3x3
+    Gaussian, above it a (2r+1)^2 grid and a 5x5 Gaussian, reflect-101 border (OpenCV's
+    default; radius 8 and 10 reach the grid's edge). Large kernels correlate through the
+    FFT, equal to the direct correlation up to float rounding."""
+    from suites.corruptions import _ops
+    from suites.corruptions.blur import DFT_TAPS, _fft_correlate
+
+    half, taps = (8, 3) if radius <= 8 else (radius, 5)
+    grid = np.arange(-half, half + 1)
+    disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).astype(np.float32)
+    disk /= disk.sum()
+    offsets = np.arange(taps) - taps // 2
+    g = np.exp(-(offsets**2) / (2 * alias**2))
+    g = (g / g.sum()).astype(np.float32)
+    pad = taps // 2
+    rows = np.pad(disk, ((0, 0), (pad, pad)), mode="reflect")
+    rows = sum(rows[:, k:k + disk.shape[1]] * g[k] for k in range(taps))
+    cols = np.pad(rows, ((pad, pad), (0, 0)), mode="reflect")
+    expected = sum(cols[k:k + disk.shape[0]] * g[k] for k in range(taps))
+    kernel = defocus_kernel(radius, alias).numpy()
+    r = kernel.shape[0] // 2  # trimmed to its support, centred
+    assert np.allclose(kernel, expected[half - r:half + r + 1, half - r:half + r + 1],
+                       atol=1e-7)
+    assert np.abs(expected).sum() == pytest.approx(np.abs(kernel).sum(), abs=1e-6)
+    assert kernel.size >= DFT_TAPS
+    x = torch.rand(2, 3, 30, 27, dtype=torch.float64)
+    direct = _ops.correlate(x, torch.from_numpy(kernel), "mirror")
+    assert torch.allclose(_fft_correlate(x, torch.from_numpy(kernel)), direct, atol=1e-12)

@@ -68,12 +68,37 @@ def defocus_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return kernel[half - r:half + 1 + r, half - r:half + 1 + r].to(torch.float64)
 
 
+# OpenCV's filter2D correlates float64 images directly below 50 kernel taps and through
+# the DFT from 50 on (its dft_filter_size for 64-bit data): CIFAR's kernels are below,
+# ImageNet's (9x9 to 25x25) above.
+DFT_TAPS = 50
+
+
 def defocus_blur(x: torch.Tensor, c: tuple[float, float], gen: torch.Generator
                  ) -> torch.Tensor:
-    """cv2.filter2D with the ``disk`` kernel of (radius, alias blur) ``c``, in float64 like
-    the script (``corrupt`` truncates float64 results exactly)."""
+    """cv2.filter2D with the ``disk`` kernel of (radius, alias blur) ``c``, reflect-101
+    border, in float64 like the script (``corrupt`` truncates float64 results exactly).
+    Small kernels (CIFAR's) correlate directly, which equals the script value for value;
+    large ones (ImageNet's) go through the FFT, as OpenCV's filter2D does for them, so
+    values sitting exactly on an 8-bit level may land a level apart."""
     kernel = defocus_kernel(*c)
-    return _ops.correlate(_ops.script_input_f64(x), kernel, "mirror")
+    image = _ops.script_input_f64(x)
+    if kernel.numel() < DFT_TAPS:
+        return _ops.correlate(image, kernel, "mirror")
+    return _fft_correlate(image, kernel)
+
+
+def _fft_correlate(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Correlation with an odd square kernel, reflect-101 border, by the FFT: pad, multiply
+    the spectra by the flipped kernel's, keep the valid part."""
+    r = kernel.shape[0] // 2
+    h, w = x.shape[-2:]
+    padded = _ops.pad(x, (r, r), (r, r), "mirror")
+    size = padded.shape[-2:]
+    spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(
+        kernel.flip(0, 1).to(device=x.device, dtype=x.dtype), s=size)
+    out = torch.fft.irfft2(spectrum, s=size)
+    return out[..., 2 * r:2 * r + h, 2 * r:2 * r + w].contiguous()
 
 
 def glass_blur(x: torch.Tensor, c: tuple[float, int, int], gen: torch.Generator
