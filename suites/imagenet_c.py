@@ -208,8 +208,11 @@ class ImageNetCBase(Suite):
     # ---- generated targets -------------------------------------------------------------
     def generator_key(self) -> dict[str, Any]:
         """Everything generated data depends on; stored beside it, compared on every use."""
+        import PIL
+
         return {"engine": engine_identity(), "constants": "imagenet",
-                "saved_quality": SAVED_QUALITY, "chunk": self.generation_chunk,
+                "saved_quality": SAVED_QUALITY, "pillow": PIL.__version__,
+                "chunk": self.generation_chunk,
                 "validation": self.split_fingerprint(self.source, "test"),
                 "seeds": "(70000 + 100 * corruption + 10 * severity) * 1000 + chunk"}
 
