@@ -75,3 +75,21 @@ def engine_identity() -> str:
     h = hashlib.sha256(f"torch {torch.__version__} numpy {np.__version__}\n".encode())
     h.update(f"code {SOURCE_SHA256}\nfrost {frost_images()[1]}".encode())
     return h.hexdigest()
+
+
+def generated_entries(manifest: Path, key: dict, field: str) -> list[str]:
+    """What a generator manifest (``{"key": ..., field: [...]}``) lists as written under
+    ``key``: nothing when the file is missing or unreadable or was written under another
+    key (the data then has to be generated anew)."""
+    try:
+        stored = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(stored.get(field, [])) if stored.get("key") == key else []
+
+
+def record_generated(manifest: Path, key: dict, field: str, entries: list[str],
+                     entry: str) -> None:
+    """Write the manifest with ``entry`` added to ``entries`` (atomically)."""
+    done = sorted({*entries, entry})
+    atomic_write_text(manifest, json.dumps({"key": key, field: done}, indent=1))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pickle
 import sys
 import warnings
@@ -30,9 +29,9 @@ import torch
 
 from benchmark.errors import DatasetNotFoundError, GeneratedDataWarning, ShiftbenchError
 from benchmark.registry import SUITES
-from benchmark.store import atomic_path, atomic_write_text
+from benchmark.store import atomic_path
 from benchmark.suite import DomainData, Recipe, Split, Suite
-from suites._cache import engine_identity, file_digests
+from suites._cache import engine_identity, file_digests, generated_entries, record_generated
 from suites.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -290,11 +289,7 @@ class CifarC(Suite):
         folder = self._require_root() / self.generated_folder
         manifest_path = folder / "generator.json"
         key = self.generator_key()
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            manifest = {}
-        files = manifest.get("files", []) if manifest.get("key") == key else []
+        files = generated_entries(manifest_path, key, "files")
         wanted = "labels" if name is None else name
         if wanted in files and (folder / f"{wanted}.npy").is_file():
             return
@@ -306,8 +301,7 @@ class CifarC(Suite):
                   "severities)", file=sys.stderr, flush=True)
             array = self._generate(images, name)
         _atomic_save_npy(folder / f"{wanted}.npy", array)
-        files = sorted({*files, wanted})
-        atomic_write_text(manifest_path, json.dumps({"key": key, "files": files}, indent=1))
+        record_generated(manifest_path, key, "files", files, wanted)
 
     def _generate(self, images: np.ndarray, name: str) -> np.ndarray:
         out = np.empty((len(SEVERITIES) * len(images), *images.shape[1:]), np.uint8)

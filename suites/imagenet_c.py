@@ -53,9 +53,9 @@ import torch
 
 from benchmark.errors import DatasetNotFoundError, GeneratedDataWarning
 from benchmark.registry import SUITES
-from benchmark.store import atomic_write_bytes, atomic_write_text
+from benchmark.store import atomic_write_bytes
 from benchmark.suite import DomainData, Recipe, Split, Suite
-from suites._cache import engine_identity
+from suites._cache import engine_identity, generated_entries, record_generated
 from suites.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 RELEASE_URL = "https://zenodo.org/record/2235448"
@@ -112,6 +112,7 @@ class ImageNetCBase(Suite):
         self._files: dict[str, list[tuple[Path, int]]] = {}
         self._classes: list[str] | None = None
         self._kind: str | None = None  # "official" or "generated", decided on first use
+        self._generator_key: dict[str, Any] | None = None
 
     def target_factors(self) -> dict[str, dict[str, Any]]:
         return {f"{c}-{s}": {"corruption": c, "severity": s}
@@ -207,7 +208,13 @@ class ImageNetCBase(Suite):
 
     # ---- generated targets -------------------------------------------------------------
     def generator_key(self) -> dict[str, Any]:
-        """Everything generated data depends on; stored beside it, compared on every use."""
+        """Everything generated data depends on; stored beside it, compared on every use.
+        Computed once per suite object (it reads the size of every validation file)."""
+        if self._generator_key is None:
+            self._generator_key = self._make_generator_key()
+        return self._generator_key
+
+    def _make_generator_key(self) -> dict[str, Any]:
         import PIL
 
         return {"engine": engine_identity(), "constants": "imagenet",
@@ -222,11 +229,7 @@ class ImageNetCBase(Suite):
         top = self._root() / self.generated_folder
         manifest_path = top / "generator.json"
         key = self.generator_key()
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            manifest = {}
-        done = manifest.get("done", []) if manifest.get("key") == key else []
+        done = generated_entries(manifest_path, key, "done")
         if domain in done:
             return
         corruption, severity = domain.rsplit("-", 1)
@@ -246,8 +249,7 @@ class ImageNetCBase(Suite):
             pixels = out.mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             for (path, _), image in zip(chunk, pixels, strict=True):
                 atomic_write_bytes(folder / path.parent.name / path.name, jpeg_bytes(image))
-        done = sorted({*done, domain})
-        atomic_write_text(manifest_path, json.dumps({"key": key, "done": done}, indent=1))
+        record_generated(manifest_path, key, "done", done, domain)
 
     # ---- suite protocol ----------------------------------------------------------------
     def load(self, domain: str, split: Split) -> DomainData:

@@ -177,6 +177,15 @@ class WideStage(nn.Module):
         return self.layer(x)
 
 
+def init_conv_and_linear(model: nn.Module) -> None:
+    """He (fan-out) init of every conv, zero bias of every linear layer, in module order."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
 class WideResNet(nn.Module):
     """WRN-depth-k for 32x32 inputs (Zagoruyko & Komodakis, "Wide Residual Networks", BMVC
     2016): a 3x3 stem to 16 channels, three stages of (depth - 4) / 6 pre-activation blocks of
@@ -197,11 +206,7 @@ class WideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_conv_and_linear(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))
@@ -268,11 +273,7 @@ class CifarResNeXt(nn.Module):
         self.stage_1, self.stage_2, self.stage_3 = stages
         self.avgpool = nn.AvgPool2d(8)
         self.classifier = nn.Linear(4 * 256, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_conv_and_linear(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn_1(self.conv_1_3x3(x)))
